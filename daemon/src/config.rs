@@ -1,0 +1,296 @@
+//! `previewd run` settings: command-line flags over a TOML file over embedded defaults,
+//! validated once into a [`Config`] of domain types. Nothing else parses settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags of `previewd run`. Every one of them can also be set in the `--config` file.
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    /// TOML file with any of the settings below (flags win over it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where previewd keeps its CA, logs, records and control socket [default: ./.previewd]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Bare git mirror developers push to; created if missing [default: <state-dir>/mirror.git]
+    #[arg(long, value_name = "DIR")]
+    pub mirror: Option<PathBuf>,
+    /// Base domain: previews are served at <slug>.<domain> [default: preview.localhost]
+    #[arg(long, value_name = "BASE")]
+    pub domain: Option<String>,
+    /// HTTPS listener [default: 127.0.0.1:8443]
+    #[arg(long, value_name = "ADDR")]
+    pub https_listen: Option<SocketAddr>,
+    /// Plain-HTTP listener that redirects to HTTPS [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Scopes every Docker label and name, so several daemons can share one engine [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// The integration branch: it gets no preview, and branches merged into it are removed [default: main]
+    #[arg(long = "main", value_name = "BRANCH")]
+    pub main_branch: Option<String>,
+    /// Docker endpoint, e.g. unix:///var/run/docker.sock [default: $DOCKER_HOST, else the local socket]
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
+}
+
+/// The `--config` file as written. Keys mirror the long flags, with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    mirror: Option<PathBuf>,
+    domain: Option<String>,
+    https_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    instance: Option<String>,
+    main: Option<String>,
+    docker_host: Option<String>,
+}
+
+/// Validated settings of a running daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub mirror: PathBuf,
+    /// Lowercase, no trailing dot.
+    pub domain: String,
+    pub https_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// `[a-z0-9-]`, at most 32 bytes: it goes into container and network names.
+    pub instance: String,
+    pub main_branch: String,
+    /// `None`: `$DOCKER_HOST`, else the platform's local socket.
+    pub docker_host: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid domain {0:?}: expected DNS labels of [a-z0-9-] separated by dots, e.g. preview.example.com")]
+    Domain(String),
+    #[error(
+        "invalid instance {0:?}: expected 1 to 32 characters of [a-z0-9-], not starting with '-'"
+    )]
+    Instance(String),
+    #[error("invalid main branch {0:?}: expected a branch name such as main")]
+    MainBranch(String),
+}
+
+impl Config {
+    /// Flags win over the file, the file over the embedded defaults.
+    pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    fn merge(args: &RunArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        let state_dir = pick(&args.state_dir, file.state_dir, || {
+            PathBuf::from(".previewd")
+        });
+        let mirror = pick(&args.mirror, file.mirror, || state_dir.join("mirror.git"));
+        let domain = pick(&args.domain, file.domain, || "preview.localhost".into());
+        let instance = pick(&args.instance, file.instance, || "default".into());
+        let main_branch = pick(&args.main_branch, file.main, || "main".into());
+        Ok(Config {
+            https_listen: pick(&args.https_listen, file.https_listen, || {
+                SocketAddr::from(([127, 0, 0, 1], 8443))
+            }),
+            http_listen: pick(&args.http_listen, file.http_listen, || {
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }),
+            docker_host: args.docker_host.clone().or(file.docker_host),
+            domain: validate_domain(&domain)?,
+            instance: validate_instance(instance)?,
+            main_branch: validate_main(main_branch)?,
+            mirror,
+            state_dir,
+        })
+    }
+
+    /// The control socket the CLI and the git hook talk to.
+    pub fn socket_path(&self) -> PathBuf {
+        socket_path(&self.state_dir)
+    }
+
+    /// `https://<slug>.<domain>[:port]/`, the port left out when it is 443.
+    pub fn preview_url(&self, slug: &str) -> String {
+        match self.https_listen.port() {
+            443 => format!("https://{slug}.{}/", self.domain),
+            port => format!("https://{slug}.{}:{port}/", self.domain),
+        }
+    }
+}
+
+/// Where the control socket of the daemon using `state_dir` lives.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("previewd.sock")
+}
+
+fn pick<T: Clone>(flag: &Option<T>, file: Option<T>, default: impl FnOnce() -> T) -> T {
+    flag.clone().or(file).unwrap_or_else(default)
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn validate_domain(raw: &str) -> Result<String, ConfigError> {
+    let domain = raw.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    // Room for a 63-byte slug, its dot and the domain within DNS's 253 bytes.
+    if domain.len() > 253 - 64 || !domain.split('.').all(label_ok) {
+        return Err(ConfigError::Domain(raw.to_owned()));
+    }
+    Ok(domain)
+}
+
+fn validate_instance(instance: String) -> Result<String, ConfigError> {
+    let ok = !instance.is_empty()
+        && instance.len() <= 32
+        && !instance.starts_with('-')
+        && instance
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(instance)
+    } else {
+        Err(ConfigError::Instance(instance))
+    }
+}
+
+fn validate_main(branch: String) -> Result<String, ConfigError> {
+    let bad = branch.is_empty()
+        || branch.starts_with('-')
+        || branch.starts_with("refs/")
+        || branch.contains("..")
+        || branch.bytes().any(|b| b.is_ascii_control() || b == b' ');
+    if bad {
+        Err(ConfigError::MainBranch(branch))
+    } else {
+        Ok(branch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: "test.toml".into(),
+            source: Box::new(source),
+        })?;
+        Config::merge(&RunArgs::default(), file)
+    }
+
+    #[test]
+    fn embedded_defaults() {
+        let c = from_toml("").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from(".previewd"));
+        assert_eq!(c.mirror, PathBuf::from(".previewd/mirror.git"));
+        assert_eq!(c.domain, "preview.localhost");
+        assert_eq!(c.https_listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.instance, "default");
+        assert_eq!(c.main_branch, "main");
+        assert_eq!(c.docker_host, None);
+        assert_eq!(c.socket_path(), PathBuf::from(".previewd/previewd.sock"));
+    }
+
+    #[test]
+    fn file_values_are_used() {
+        let c = from_toml(
+            r#"
+            state_dir = "/var/lib/previewd"
+            domain = "Preview.Example.COM."
+            https_listen = "0.0.0.0:443"
+            instance = "ci-7"
+            main = "trunk"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.mirror, PathBuf::from("/var/lib/previewd/mirror.git"));
+        assert_eq!(c.domain, "preview.example.com");
+        assert_eq!(c.instance, "ci-7");
+        assert_eq!(c.main_branch, "trunk");
+        assert_eq!(c.preview_url("x"), "https://x.preview.example.com/");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let args = RunArgs {
+            domain: Some("flag.test".into()),
+            https_listen: Some("127.0.0.1:9443".parse().unwrap()),
+            ..RunArgs::default()
+        };
+        let file: FileConfig =
+            toml::from_str("domain = \"file.test\"\ninstance = \"fromfile\"").unwrap();
+        let c = Config::merge(&args, file).unwrap();
+        assert_eq!(c.domain, "flag.test");
+        assert_eq!(c.instance, "fromfile");
+        assert_eq!(c.preview_url("a-b"), "https://a-b.flag.test:9443/");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = from_toml("domian = \"x.test\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field `domian`"), "{err}");
+    }
+
+    #[test]
+    fn bad_addresses_are_refused() {
+        let err = from_toml("https_listen = \"localhost\"").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (text, expect) in [
+            ("domain = \"bad_domain.test\"", "invalid domain"),
+            ("domain = \"\"", "invalid domain"),
+            ("domain = \"a..b\"", "invalid domain"),
+            ("instance = \"Has Space\"", "invalid instance"),
+            ("instance = \"\"", "invalid instance"),
+            ("instance = \"-x\"", "invalid instance"),
+            ("main = \"\"", "invalid main branch"),
+            ("main = \"a..b\"", "invalid main branch"),
+        ] {
+            let err = from_toml(text).unwrap_err().to_string();
+            assert!(err.starts_with(expect), "{text}: {err}");
+        }
+    }
+}

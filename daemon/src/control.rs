@@ -1,0 +1,168 @@
+//! The control API on `<state-dir>/previewd.sock`: HTTP/1.1 over a Unix socket, spoken by the
+//! CLI (`previewd ls`) and by the git hook (poke). The server only reads the published status
+//! and sends triggers; it never touches git or Docker itself.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::reconcile::plan::PreviewStatus;
+use crate::reconcile::{SharedStatus, Trigger};
+
+/// How long a poke waits for its reconcile pass before answering with what is known.
+const POKE_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("previewd is not running (no control socket at {path}): {source}")]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another previewd already serves {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control request failed: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("control request failed: {0}")]
+    Request(#[from] http::Error),
+    #[error("previewd answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("previewd answered something unreadable: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Binds the control socket, replacing a stale socket file left by a daemon that died, but
+/// refusing to steal it from one that still answers.
+pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::AlreadyRunning(path.to_owned()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    UnixListener::bind(path).map_err(|source| ControlError::Bind {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Serves the control API until `shutdown`.
+pub async fn serve(
+    listener: UnixListener,
+    status: SharedStatus,
+    triggers: mpsc::Sender<Trigger>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "control socket accept failed");
+                    continue;
+                }
+            },
+        };
+        let (status, triggers) = (status.clone(), triggers.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let (status, triggers) = (status.clone(), triggers.clone());
+                async move { Ok::<_, std::convert::Infallible>(handle(req, status, triggers).await) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "control connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    status: SharedStatus,
+    triggers: mpsc::Sender<Trigger>,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/v1/previews") => json(status.load().as_ref()),
+        (&Method::POST, "/v1/poke") => {
+            let (reply, answer) = oneshot::channel();
+            // A full queue means a pass is already due: this poke is answered by it anyway.
+            let _ = triggers.try_send(Trigger { reply: Some(reply) });
+            match tokio::time::timeout(POKE_WAIT, answer).await {
+                Ok(Ok(rows)) => json(&rows),
+                _ => json(status.load().as_ref()),
+            }
+        }
+        _ => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(b"no such endpoint\n")))
+            .expect("static response"),
+    }
+}
+
+fn json(rows: &[PreviewStatus]) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(rows).expect("statuses serialize");
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response")
+}
+
+/// The running daemon's previews, as `previewd ls` shows them.
+pub async fn list(socket: &Path) -> Result<Vec<PreviewStatus>, ControlError> {
+    call(socket, Method::GET, "/v1/previews").await
+}
+
+/// Asks the running daemon to reconcile now; answers with the previews after that pass.
+pub async fn poke(socket: &Path) -> Result<Vec<PreviewStatus>, ControlError> {
+    call(socket, Method::POST, "/v1/poke").await
+}
+
+async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+) -> Result<Vec<PreviewStatus>, ControlError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ControlError::NotRunning {
+            path: socket.to_owned(),
+            source,
+        })?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "previewd")
+        .body(Full::new(Bytes::new()))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        return Err(ControlError::Status {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    Ok(serde_json::from_slice(&body)?)
+}

@@ -1,0 +1,166 @@
+//! `previewd run`: wires the parts together and owns their shutdown. Listeners are bound
+//! here and handed to the servers; nothing below this module reads configuration.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use previewd_proxy::{CertificateAuthority, RouteTable};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::docker::Runtime;
+use crate::reconcile::Reconciler;
+use crate::{control, hook, mirror, sd_notify, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot create state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificate authority: {0}")]
+    Ca(#[from] previewd_proxy::CaError),
+    #[error(transparent)]
+    Mirror(#[from] mirror::MirrorError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("cannot watch the mirror's refs: {0}")]
+    Watch(#[from] notify::Error),
+    #[error("cannot find previewd's own binary for the git hook: {0}")]
+    CurrentExe(#[source] std::io::Error),
+    #[error("{0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Runs the daemon until `shutdown` is cancelled. Running previews are left running.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let config = Arc::new(prepare_paths(config)?);
+    let ca = Arc::new(CertificateAuthority::load_or_create(
+        &config.state_dir.join("tls"),
+    )?);
+    let binary = std::env::current_exe().map_err(RunError::CurrentExe)?;
+    let hook_script = hook::render(&binary, &config.state_dir);
+    let (mirror_path, main) = (config.mirror.clone(), config.main_branch.clone());
+    tokio::task::spawn_blocking(move || {
+        mirror::open_or_create(&mirror_path, &main)?;
+        mirror::install_hook(&mirror_path, &hook_script)
+    })
+    .await??;
+
+    let https = bind("HTTPS", config.https_listen).await?;
+    let http = bind("HTTP redirect", config.http_listen).await?;
+    let socket_path = config.socket_path();
+    let control_listener = control::bind(&socket_path).await?;
+
+    let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
+    let status = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    let (triggers_tx, triggers_rx) = mpsc::channel(64);
+
+    let tls = previewd_proxy::server_config(ca, &config.domain);
+    let https_task = tokio::spawn(previewd_proxy::serve_https(
+        https,
+        routes.clone(),
+        tls,
+        shutdown.clone().cancelled_owned(),
+    ));
+    let http_task = tokio::spawn(previewd_proxy::serve_redirect(
+        http,
+        config.domain.clone(),
+        config.https_listen.port(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    let control_task = tokio::spawn(control::serve(
+        control_listener,
+        status.clone(),
+        triggers_tx.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        https = %config.https_listen,
+        http = %config.http_listen,
+        mirror = %config.mirror.display(),
+        domain = %config.domain,
+        instance = %config.instance,
+        "previewd listening"
+    );
+
+    if let Some(runtime) = connect_docker(&config, &shutdown).await {
+        let mut reconciler = Reconciler::new(config.clone(), runtime, routes, status);
+        // Adopt what runs before saying ready, so a restart serves at once.
+        reconciler.pass_logged().await;
+        sd_notify::ready();
+        let _watcher = watch::watch_refs(&config.mirror, triggers_tx)?;
+        reconciler.run(triggers_rx, shutdown.clone()).await;
+    }
+
+    sd_notify::stopping();
+    for task in [https_task, http_task] {
+        if let Err(error) = task.await? {
+            tracing::warn!(%error, "listener ended with an error");
+        }
+    }
+    control_task.await?;
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("previewd stopped; previews keep running");
+    Ok(())
+}
+
+/// Creates the state dir and makes both paths absolute: the git hook runs elsewhere.
+fn prepare_paths(mut config: Config) -> Result<Config, RunError> {
+    let absolute = |path: &Path| -> Result<PathBuf, RunError> {
+        std::fs::create_dir_all(path)
+            .and_then(|()| path.canonicalize())
+            .map_err(|source| RunError::StateDir {
+                path: path.to_owned(),
+                source,
+            })
+    };
+    config.state_dir = absolute(&config.state_dir)?;
+    if !config.mirror.is_absolute() {
+        config.mirror = std::env::current_dir()
+            .map_err(|source| RunError::StateDir {
+                path: config.mirror.clone(),
+                source,
+            })?
+            .join(&config.mirror);
+    }
+    Ok(config)
+}
+
+async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Listen { what, addr, source })
+}
+
+/// Connects to the engine, retrying with backoff while the proxy already serves. `None` when
+/// shut down first.
+async fn connect_docker(config: &Config, shutdown: &CancellationToken) -> Option<Runtime> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match Runtime::connect(config.docker_host.as_deref(), &config.instance).await {
+            Ok(runtime) => return Some(runtime),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "Docker engine not reachable");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,524 @@
+//! The Docker engine, through bollard: the only module that imports it. It lists what exists
+//! (by this instance's labels), builds images, runs containers and removes them. It decides
+//! nothing: `reconcile` tells it what to do.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+pub const LABEL_INSTANCE: &str = "previewd.instance";
+pub const LABEL_BRANCH: &str = "previewd.branch";
+pub const LABEL_SLUG: &str = "previewd.slug";
+pub const LABEL_COMMIT: &str = "previewd.commit";
+pub const LABEL_ROLE: &str = "previewd.role";
+/// The container port the app listens on, so an adopted container needs no image inspect.
+pub const LABEL_PORT: &str = "previewd.port";
+
+/// Seconds bollard waits for any one API response before giving up. Builds stream for longer:
+/// the limit covers the wait for each response, not a whole build.
+const API_TIMEOUT_SECS: u64 = 120;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker engine at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("Docker API call {call} failed: {source}")]
+    Api {
+        call: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("cannot write build log: {0}")]
+    Log(#[source] std::io::Error),
+    #[error("{0}")]
+    Build(String),
+    #[error("the image exposes no TCP port: add an EXPOSE line to the Dockerfile")]
+    NoExposedPort,
+    #[error("container {name} has no address on network {network}")]
+    NoAddress { name: String, network: String },
+}
+
+fn api(call: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    move |source| DockerError::Api { call, source }
+}
+
+/// One branch's preview at one commit: everything needed to name and label its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewRef {
+    pub branch: String,
+    pub slug: String,
+    /// Full 40-hex commit id.
+    pub commit: String,
+}
+
+impl PreviewRef {
+    pub fn short(&self) -> &str {
+        &self.commit[..self.commit.len().min(12)]
+    }
+}
+
+/// A container of this instance, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub branch: String,
+    pub slug: String,
+    pub commit: String,
+    pub running: bool,
+    /// Where the app answers: the container's address on its preview network and its port.
+    pub upstream: Option<SocketAddr>,
+}
+
+/// Any other object of this instance (image or network), as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub id: String,
+    pub branch: String,
+    pub slug: String,
+    pub commit: String,
+}
+
+/// Everything of this instance that the engine holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub containers: Vec<ContainerInfo>,
+    pub images: Vec<ObjectInfo>,
+    pub networks: Vec<ObjectInfo>,
+}
+
+/// This instance's handle on the engine.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    docker: Docker,
+    instance: String,
+}
+
+impl Runtime {
+    /// Connects to `endpoint` (else `$DOCKER_HOST`, else the local socket) and agrees on an API
+    /// version with the engine, so older engines (API 1.41) are spoken to in their version.
+    pub async fn connect(endpoint: Option<&str>, instance: &str) -> Result<Self, DockerError> {
+        let shown = endpoint
+            .map(str::to_owned)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let connect_err = |source| DockerError::Connect {
+            endpoint: shown.clone(),
+            source,
+        };
+        let docker = match endpoint {
+            Some(host) => Docker::connect_with_host(host),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(connect_err)?
+        .with_timeout(Duration::from_secs(API_TIMEOUT_SECS));
+        let docker = docker.negotiate_version().await.map_err(connect_err)?;
+        Ok(Runtime {
+            docker,
+            instance: instance.to_owned(),
+        })
+    }
+
+    pub fn network_name(&self, slug: &str) -> String {
+        format!("previewd-{}-{slug}", self.instance)
+    }
+
+    pub fn image_tag(&self, preview: &PreviewRef) -> String {
+        format!(
+            "previewd-{}/{}:{}",
+            self.instance,
+            preview.slug,
+            preview.short()
+        )
+    }
+
+    /// One container per commit, so the new version can start beside the old one.
+    pub fn container_name(&self, preview: &PreviewRef) -> String {
+        format!(
+            "previewd-{}-{}-app-{}",
+            self.instance,
+            preview.slug,
+            preview.short()
+        )
+    }
+
+    fn labels(&self, preview: &PreviewRef, role: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_INSTANCE.into(), self.instance.clone()),
+            (LABEL_BRANCH.into(), preview.branch.clone()),
+            (LABEL_SLUG.into(), preview.slug.clone()),
+            (LABEL_COMMIT.into(), preview.commit.clone()),
+            (LABEL_ROLE.into(), role.into()),
+        ])
+    }
+
+    fn instance_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_INSTANCE}={}", self.instance)],
+        )])
+    }
+
+    /// Lists every container, image and network carrying this instance's label.
+    pub async fn inventory(&self) -> Result<Inventory, DockerError> {
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&self.instance_filter())
+                    .build(),
+            ))
+            .await
+            .map_err(api("list containers"))?;
+        let images = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::new()
+                    .filters(&self.instance_filter())
+                    .build(),
+            ))
+            .await
+            .map_err(api("list images"))?;
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::new()
+                    .filters(&self.instance_filter())
+                    .build(),
+            ))
+            .await
+            .map_err(api("list networks"))?;
+
+        let mut inventory = Inventory::default();
+        for c in containers {
+            let labels = c.labels.unwrap_or_default();
+            let Some(object) = object_info(c.id, &labels) else {
+                continue;
+            };
+            let network = self.network_name(&object.slug);
+            let ip = c
+                .network_settings
+                .and_then(|s| s.networks)
+                .and_then(|mut n| n.remove(&network))
+                .and_then(|e| e.ip_address)
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
+            let port = labels.get(LABEL_PORT).and_then(|p| p.parse::<u16>().ok());
+            inventory.containers.push(ContainerInfo {
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default(),
+                running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+                upstream: ip.zip(port).map(|(ip, port)| SocketAddr::new(ip, port)),
+                id: object.id,
+                branch: object.branch,
+                slug: object.slug,
+                commit: object.commit,
+            });
+        }
+        inventory.images = images
+            .into_iter()
+            .filter_map(|i| object_info(Some(i.id), &i.labels))
+            .collect();
+        inventory.networks = networks
+            .into_iter()
+            .filter_map(|n| object_info(n.id, &n.labels.unwrap_or_default()))
+            .collect();
+        Ok(inventory)
+    }
+
+    /// The preview's network, created with its labels unless it exists already.
+    pub async fn ensure_network(&self, preview: &PreviewRef) -> Result<(), DockerError> {
+        let name = self.network_name(&preview.slug);
+        let exists = self
+            .docker
+            .inspect_network(
+                &name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .is_ok();
+        if exists {
+            return Ok(());
+        }
+        let request = NetworkCreateRequest {
+            name,
+            driver: Some("bridge".into()),
+            labels: Some(self.labels(preview, "network")),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            // Lost a race with another pass that created it: that is what we wanted.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(source) => Err(DockerError::Api {
+                call: "create network",
+                source,
+            }),
+        }
+    }
+
+    pub async fn image_exists(&self, preview: &PreviewRef) -> bool {
+        self.docker
+            .inspect_image(&self.image_tag(preview))
+            .await
+            .is_ok()
+    }
+
+    /// Builds `context` (a tar) into the preview's image with the classic builder, appending
+    /// the build output to `log`. The engine pulls a missing base image itself.
+    pub async fn build(
+        &self,
+        preview: &PreviewRef,
+        context: Vec<u8>,
+        log: &mut tokio::fs::File,
+    ) -> Result<(), DockerError> {
+        let options = BuildImageOptionsBuilder::new()
+            .t(&self.image_tag(preview))
+            .labels(&self.labels(preview, "app"))
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let mut stream = self.docker.build_image(
+            options,
+            None,
+            Some(bollard::body_full(bytes::Bytes::from(context))),
+        );
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(text) = info.stream {
+                        log.write_all(text.as_bytes())
+                            .await
+                            .map_err(DockerError::Log)?;
+                    }
+                    if let Some(detail) = info.error_detail {
+                        let message = detail.message.unwrap_or_else(|| "build failed".into());
+                        return self.build_failed(log, message).await;
+                    }
+                }
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return self.build_failed(log, error).await;
+                }
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                    return self.build_failed(log, message).await;
+                }
+                Err(source) => {
+                    return Err(DockerError::Api {
+                        call: "build image",
+                        source,
+                    })
+                }
+            }
+        }
+        log.flush().await.map_err(DockerError::Log)
+    }
+
+    async fn build_failed(
+        &self,
+        log: &mut tokio::fs::File,
+        message: String,
+    ) -> Result<(), DockerError> {
+        let line = format!("\nbuild failed: {}\n", message.trim_end());
+        log.write_all(line.as_bytes())
+            .await
+            .map_err(DockerError::Log)?;
+        log.flush().await.map_err(DockerError::Log)?;
+        Err(DockerError::Build(message.trim_end().to_owned()))
+    }
+
+    /// The port the app listens on: the lowest TCP port the image exposes (the engine keeps
+    /// EXPOSE lines as a set, so "first" can only mean lowest).
+    pub async fn exposed_port(&self, preview: &PreviewRef) -> Result<u16, DockerError> {
+        let image = self
+            .docker
+            .inspect_image(&self.image_tag(preview))
+            .await
+            .map_err(api("inspect image"))?;
+        image
+            .config
+            .and_then(|c| c.exposed_ports)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| match p.split_once('/') {
+                Some((port, "tcp")) => port.parse::<u16>().ok(),
+                Some(_) => None,
+                None => p.parse::<u16>().ok(),
+            })
+            .min()
+            .ok_or(DockerError::NoExposedPort)
+    }
+
+    /// Creates and starts the preview's app container on its network, replacing a leftover
+    /// container of the same name (a crash between create and start, or a dead one).
+    pub async fn run(
+        &self,
+        preview: &PreviewRef,
+        port: u16,
+        env: Vec<String>,
+    ) -> Result<ContainerInfo, DockerError> {
+        let name = self.container_name(preview);
+        let network = self.network_name(&preview.slug);
+        if self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+            .is_ok()
+        {
+            self.remove_container(&name).await?;
+        }
+        let mut labels = self.labels(preview, "app");
+        labels.insert(LABEL_PORT.into(), port.to_string());
+        let body = ContainerCreateBody {
+            image: Some(self.image_tag(preview)),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some(network.clone()),
+                // Previews outlive restarts of the engine; previewd re-reads their addresses.
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(api("create container"))?;
+        self.docker
+            .start_container(&created.id, None)
+            .await
+            .map_err(api("start container"))?;
+        let inspect = self
+            .docker
+            .inspect_container(&created.id, None::<InspectContainerOptions>)
+            .await
+            .map_err(api("inspect container"))?;
+        let ip = inspect
+            .network_settings
+            .and_then(|s| s.networks)
+            .and_then(|mut n| n.remove(&network))
+            .and_then(|e| e.ip_address)
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .ok_or_else(|| DockerError::NoAddress {
+                name: name.clone(),
+                network,
+            })?;
+        Ok(ContainerInfo {
+            id: created.id,
+            name,
+            branch: preview.branch.clone(),
+            slug: preview.slug.clone(),
+            commit: preview.commit.clone(),
+            running: true,
+            upstream: Some(SocketAddr::new(ip, port)),
+        })
+    }
+
+    /// Whether the container still runs; `false` for one that exited or is gone.
+    pub async fn is_running(&self, id: &str) -> bool {
+        self.docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.running)
+            .unwrap_or(false)
+    }
+
+    /// The last `lines` lines the container wrote (stdout and stderr), for failure pages.
+    pub async fn log_tail(&self, id: &str, lines: usize) -> String {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        out
+    }
+
+    /// Removes a container, killing it if it runs. Already gone counts as done.
+    pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        gone_is_fine(
+            self.docker.remove_container(id, Some(options)).await,
+            "remove container",
+        )
+    }
+
+    /// Removes an image by id. Already gone counts as done.
+    pub async fn remove_image(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveImageOptionsBuilder::new().force(true).build();
+        gone_is_fine(
+            self.docker
+                .remove_image(id, Some(options), None)
+                .await
+                .map(drop),
+            "remove image",
+        )
+    }
+
+    /// Removes a network by id. Already gone counts as done.
+    pub async fn remove_network(&self, id: &str) -> Result<(), DockerError> {
+        gone_is_fine(self.docker.remove_network(id).await, "remove network")
+    }
+}
+
+fn gone_is_fine(
+    result: Result<(), bollard::errors::Error>,
+    call: &'static str,
+) -> Result<(), DockerError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(source) => Err(DockerError::Api { call, source }),
+    }
+}
+
+/// The labels previewd reads back from an object; `None` for objects missing them (made by
+/// hand with the instance label only, say), which are then never touched.
+fn object_info(id: Option<String>, labels: &HashMap<String, String>) -> Option<ObjectInfo> {
+    Some(ObjectInfo {
+        id: id?,
+        branch: labels.get(LABEL_BRANCH)?.clone(),
+        slug: labels.get(LABEL_SLUG)?.clone(),
+        commit: labels.get(LABEL_COMMIT)?.clone(),
+    })
+}

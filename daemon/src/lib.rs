@@ -1,0 +1,21 @@
+//! previewd: turns every git branch of a bare mirror into a live, isolated HTTPS preview, and
+//! removes it when the branch is merged or deleted.
+//!
+//! The flow is level-triggered: a hook poke, a ref change, a finished deploy or a periodic
+//! resync all run the same pass of [`reconcile`] — read git ([`mirror`]), read Docker
+//! ([`docker`]), plan, apply — and publish a new route table to the embedded proxy.
+
+mod atomic;
+pub mod cli;
+pub mod config;
+pub mod control;
+mod daemon;
+pub mod docker;
+mod health;
+mod hook;
+pub mod mirror;
+pub mod reconcile;
+mod sd_notify;
+pub mod slug;
+mod state;
+mod watch;

@@ -1,0 +1,138 @@
+//! One deploy of one preview at one commit: network, image (built only if missing), container,
+//! readiness. Traffic is not touched here: the reconciler routes to the container once this
+//! reports success, so the last good version serves until then.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::docker::{DockerError, PreviewRef, Runtime};
+use crate::{health, mirror, state};
+
+/// How long a started container has to answer before the deploy fails.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause between readiness probes: short, since it is added to every push-to-live.
+const READY_POLL: Duration = Duration::from_millis(25);
+/// Lines of build or container log shown on a failure page.
+pub const LOG_TAIL_LINES: usize = 40;
+
+/// What a deploy needs besides the preview itself.
+#[derive(Debug, Clone)]
+pub struct DeployContext {
+    pub runtime: Runtime,
+    pub mirror: PathBuf,
+    pub records: state::Records,
+    /// The preview's public URL, given to the app as `PREVIEW_URL`.
+    pub url: String,
+}
+
+/// Why a deploy failed, with what the user needs to fix it.
+#[derive(Debug)]
+pub struct DeployFailure {
+    pub log_tail: String,
+}
+
+/// Runs the deploy to the end. On failure the new container (if any) is removed again, so
+/// nothing half-started is ever mistaken for a serving version.
+pub async fn deploy(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), DeployFailure> {
+    let fail = |text: String| DeployFailure { log_tail: text };
+    ctx.runtime
+        .ensure_network(preview)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !ctx.runtime.image_exists(preview).await {
+        build(ctx, preview).await?;
+    }
+    let port = ctx
+        .runtime
+        .exposed_port(preview)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let env = vec![
+        format!("PREVIEW_BRANCH={}", preview.branch),
+        format!("PREVIEW_COMMIT={}", preview.commit),
+        format!("PREVIEW_SLUG={}", preview.slug),
+        format!("PREVIEW_URL={}", ctx.url),
+    ];
+    let container = ctx
+        .runtime
+        .run(preview, port, env)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let upstream = container
+        .upstream
+        .expect("a container just started has its address");
+    match wait_ready(&ctx.runtime, &container.id, upstream).await {
+        Ok(()) => Ok(()),
+        Err(reason) => {
+            let logs = ctx.runtime.log_tail(&container.id, LOG_TAIL_LINES).await;
+            if let Err(error) = ctx.runtime.remove_container(&container.id).await {
+                tracing::warn!(preview = %preview.slug, %error, "cannot remove failed container");
+            }
+            Err(fail(format!("{reason}\n\ncontainer output:\n{logs}")))
+        }
+    }
+}
+
+async fn build(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), DeployFailure> {
+    let fail = |text: String| DeployFailure { log_tail: text };
+    let commit = git2::Oid::from_str(&preview.commit).map_err(|e| fail(e.to_string()))?;
+    let mirror = ctx.mirror.clone();
+    let context = tokio::task::spawn_blocking(move || mirror::context_tar(&mirror, commit))
+        .await
+        .map_err(|e| fail(format!("reading the tree panicked: {e}")))?
+        .map_err(|e| fail(e.to_string()))?;
+
+    let log_path = ctx.records.log_path(&preview.slug, preview.short());
+    let open_log = async {
+        if let Some(dir) = log_path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::File::create(&log_path).await
+    };
+    let mut log = open_log
+        .await
+        .map_err(|e| fail(format!("cannot open build log {}: {e}", log_path.display())))?;
+    match ctx.runtime.build(preview, context, &mut log).await {
+        Ok(()) => Ok(()),
+        Err(DockerError::Build(_)) => {
+            let text = tokio::fs::read_to_string(&log_path)
+                .await
+                .unwrap_or_default();
+            Err(fail(state::tail(&text, LOG_TAIL_LINES)))
+        }
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// Polls until the app answers, the container stops, or the deadline passes.
+async fn wait_ready(
+    runtime: &Runtime,
+    id: &str,
+    upstream: std::net::SocketAddr,
+) -> Result<(), String> {
+    let deadline = Instant::now() + READY_DEADLINE;
+    let mut next_liveness_check = Instant::now();
+    loop {
+        if health::answers(upstream).await {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!(
+                "the app did not answer HTTP on port {} within {} s",
+                upstream.port(),
+                READY_DEADLINE.as_secs()
+            ));
+        }
+        // Asking the engine on every probe would double its load for nothing.
+        if now >= next_liveness_check {
+            if !runtime.is_running(id).await {
+                return Err("the container exited before it answered".into());
+            }
+            next_liveness_check = now + Duration::from_secs(1);
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}

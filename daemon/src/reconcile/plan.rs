@@ -1,0 +1,513 @@
+//! The pure heart of the reconciler: given what git wants and what Docker has, which actions
+//! move the world closer, what each host should serve, and what `previewd ls` shows.
+//! No I/O here, so every rule has a table test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use previewd_proxy::Route;
+use serde::{Deserialize, Serialize};
+
+use crate::docker::{ContainerInfo, Inventory, PreviewRef};
+
+/// Everything a plan is made from, read fresh on every pass.
+#[derive(Debug)]
+pub struct World<'a> {
+    /// Previews git wants, by slug.
+    pub wanted: &'a BTreeMap<String, PreviewRef>,
+    /// Slugs of branches git could not read: whatever they have is kept as it is.
+    pub retained: &'a BTreeSet<String>,
+    /// What Docker holds for this instance.
+    pub inventory: &'a Inventory,
+    /// Deploys running now: slug -> commit and start time.
+    pub in_flight: &'a BTreeMap<String, (String, SystemTime)>,
+    /// Last failed attempt per slug: commit and log tail.
+    pub failed: &'a BTreeMap<String, FailedBuild>,
+}
+
+/// A build or start that failed, kept so the same commit is not retried in a loop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedBuild {
+    pub branch: String,
+    pub commit: String,
+    pub log_tail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Build the commit if its image is missing, run it, wait until it answers.
+    Deploy(PreviewRef),
+    /// A container the preview no longer needs: superseded by a live newer one, or dead.
+    RemoveContainer { slug: String, id: String },
+    /// An image no container of the preview uses and that is not the wanted commit.
+    RemoveImage { slug: String, id: String },
+    /// The branch is merged or deleted: stop its deploy and remove every object of the slug.
+    Retire { slug: String },
+}
+
+/// What `previewd ls` shows of one preview.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreviewState {
+    Building,
+    Live,
+    Failed,
+}
+
+/// One row of `previewd ls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewStatus {
+    pub branch: String,
+    pub slug: String,
+    /// The branch tip the preview is for (full id).
+    pub commit: String,
+    pub state: PreviewState,
+    pub url: String,
+}
+
+impl World<'_> {
+    /// The running container that serves `slug` at `commit`, if it may take traffic: a
+    /// container whose deploy is still running has not been health-checked yet.
+    fn serving(&self, slug: &str, commit: &str) -> Option<&ContainerInfo> {
+        let deploying = self.in_flight.get(slug).map(|(c, _)| c.as_str());
+        self.inventory.containers.iter().find(|c| {
+            c.slug == slug
+                && c.commit == commit
+                && c.running
+                && c.upstream.is_some()
+                && deploying != Some(commit)
+        })
+    }
+
+    /// The container to route to: the tip's if it serves, else the last good version's.
+    fn last_good(&self, preview: &PreviewRef) -> Option<&ContainerInfo> {
+        self.serving(&preview.slug, &preview.commit).or_else(|| {
+            let deploying = self.in_flight.get(&preview.slug).map(|(c, _)| c.as_str());
+            self.inventory.containers.iter().find(|c| {
+                c.slug == preview.slug
+                    && c.running
+                    && c.upstream.is_some()
+                    && deploying != Some(c.commit.as_str())
+            })
+        })
+    }
+}
+
+/// The actions that move Docker towards what git wants.
+pub fn plan(world: &World<'_>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (slug, preview) in world.wanted {
+        let tip_serves = world.serving(slug, &preview.commit).is_some();
+        let deploying = world.in_flight.contains_key(slug);
+        if !tip_serves && !deploying {
+            let failed_here = world
+                .failed
+                .get(slug)
+                .is_some_and(|f| f.commit == preview.commit);
+            if !failed_here {
+                actions.push(Action::Deploy(preview.clone()));
+            }
+        }
+        if deploying {
+            // The deploy owns the preview's objects until it reports back.
+            continue;
+        }
+        // Superseded by a serving tip, or dead and not the tip: nothing will route to it again.
+        let doomed = |c: &ContainerInfo| c.commit != preview.commit && (tip_serves || !c.running);
+        let containers = || {
+            world
+                .inventory
+                .containers
+                .iter()
+                .filter(|c| &c.slug == slug)
+        };
+        for c in containers().filter(|c| doomed(c)) {
+            actions.push(Action::RemoveContainer {
+                slug: slug.clone(),
+                id: c.id.clone(),
+            });
+        }
+        for image in world.inventory.images.iter().filter(|i| &i.slug == slug) {
+            let used = containers().any(|c| c.commit == image.commit && !doomed(c));
+            if image.commit != preview.commit && !used {
+                actions.push(Action::RemoveImage {
+                    slug: slug.clone(),
+                    id: image.id.clone(),
+                });
+            }
+        }
+    }
+
+    let inv = world.inventory;
+    let present: BTreeSet<&String> = inv
+        .containers
+        .iter()
+        .map(|c| &c.slug)
+        .chain(inv.images.iter().map(|i| &i.slug))
+        .chain(inv.networks.iter().map(|n| &n.slug))
+        .chain(world.in_flight.keys())
+        .collect();
+    for slug in present {
+        if !world.wanted.contains_key(slug) && !world.retained.contains(slug) {
+            actions.push(Action::Retire { slug: slug.clone() });
+        }
+    }
+    actions
+}
+
+/// What each wanted preview's host serves now.
+pub fn routes(world: &World<'_>) -> BTreeMap<String, Route> {
+    world
+        .wanted
+        .iter()
+        .map(|(slug, preview)| {
+            let route = if let Some(c) = world.last_good(preview) {
+                Route::Live {
+                    upstream: c.upstream.expect("serving containers have an upstream"),
+                }
+            } else if let Some(f) = world
+                .failed
+                .get(slug)
+                .filter(|f| f.commit == preview.commit)
+            {
+                Route::Failed {
+                    commit: f.commit.clone(),
+                    log_tail: f.log_tail.clone(),
+                }
+            } else {
+                Route::Building {
+                    commit: preview.commit.clone(),
+                    since: world
+                        .in_flight
+                        .get(slug)
+                        .map_or_else(SystemTime::now, |(_, since)| *since),
+                }
+            };
+            (slug.clone(), route)
+        })
+        .collect()
+}
+
+/// The state of each wanted preview, as `previewd ls` shows it. `url` makes a slug's URL.
+pub fn statuses(world: &World<'_>, url: impl Fn(&str) -> String) -> Vec<PreviewStatus> {
+    world
+        .wanted
+        .iter()
+        .map(|(slug, preview)| {
+            let state = if world.in_flight.contains_key(slug) {
+                PreviewState::Building
+            } else if world.serving(slug, &preview.commit).is_some() {
+                PreviewState::Live
+            } else if world
+                .failed
+                .get(slug)
+                .is_some_and(|f| f.commit == preview.commit)
+            {
+                PreviewState::Failed
+            } else {
+                PreviewState::Building
+            };
+            PreviewStatus {
+                branch: preview.branch.clone(),
+                slug: slug.clone(),
+                commit: preview.commit.clone(),
+                state,
+                url: url(slug),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::ObjectInfo;
+    use std::net::SocketAddr;
+
+    const OLD: &str = "1111111111111111111111111111111111111111";
+    const NEW: &str = "2222222222222222222222222222222222222222";
+
+    fn preview(slug: &str, commit: &str) -> PreviewRef {
+        PreviewRef {
+            branch: format!("branch/{slug}"),
+            slug: slug.into(),
+            commit: commit.into(),
+        }
+    }
+
+    fn container(id: &str, slug: &str, commit: &str, running: bool) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            name: format!("previewd-t-{slug}-app"),
+            branch: format!("branch/{slug}"),
+            slug: slug.into(),
+            commit: commit.into(),
+            running,
+            upstream: Some(SocketAddr::from(([172, 18, 0, 2], 8080))),
+        }
+    }
+
+    fn object(id: &str, slug: &str, commit: &str) -> ObjectInfo {
+        ObjectInfo {
+            id: id.into(),
+            branch: format!("branch/{slug}"),
+            slug: slug.into(),
+            commit: commit.into(),
+        }
+    }
+
+    #[derive(Default)]
+    struct Case {
+        wanted: Vec<PreviewRef>,
+        retained: Vec<&'static str>,
+        inventory: Inventory,
+        in_flight: Vec<(&'static str, &'static str)>,
+        failed: Vec<(&'static str, &'static str)>,
+    }
+
+    impl Case {
+        fn run<T>(&self, f: impl FnOnce(&World<'_>) -> T) -> T {
+            let in_flight = self
+                .in_flight
+                .iter()
+                .map(|(s, c)| (s.to_string(), (c.to_string(), SystemTime::UNIX_EPOCH)))
+                .collect();
+            let failed = self
+                .failed
+                .iter()
+                .map(|(s, c)| {
+                    let f = FailedBuild {
+                        branch: format!("branch/{s}"),
+                        commit: c.to_string(),
+                        log_tail: "boom".into(),
+                    };
+                    (s.to_string(), f)
+                })
+                .collect();
+            let wanted = self
+                .wanted
+                .iter()
+                .map(|p| (p.slug.clone(), p.clone()))
+                .collect();
+            let retained = self.retained.iter().map(|s| s.to_string()).collect();
+            let world = World {
+                wanted: &wanted,
+                retained: &retained,
+                inventory: &self.inventory,
+                in_flight: &in_flight,
+                failed: &failed,
+            };
+            f(&world)
+        }
+    }
+
+    #[test]
+    fn a_new_branch_is_deployed() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![Action::Deploy(preview("a", NEW))]);
+        assert_eq!(
+            case.run(|w| statuses(w, |s| s.into()))[0].state,
+            PreviewState::Building
+        );
+        assert!(matches!(case.run(routes)["a"], Route::Building { .. }));
+    }
+
+    #[test]
+    fn a_running_tip_is_adopted_not_rebuilt() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![container("c1", "a", NEW, true)],
+                images: vec![object("i1", "a", NEW)],
+                networks: vec![object("n1", "a", NEW)],
+            },
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![]);
+        assert_eq!(
+            case.run(|w| statuses(w, |s| s.into()))[0].state,
+            PreviewState::Live
+        );
+        assert!(matches!(case.run(routes)["a"], Route::Live { .. }));
+    }
+
+    #[test]
+    fn an_update_keeps_the_old_version_serving_until_the_new_one_is_up() {
+        let mut case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![container("old", "a", OLD, true)],
+                images: vec![object("i-old", "a", OLD)],
+                networks: vec![],
+            },
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![Action::Deploy(preview("a", NEW))]);
+
+        // While the deploy runs, its container is up but not yet health-checked.
+        case.in_flight = vec![("a", NEW)];
+        case.inventory
+            .containers
+            .push(container("new", "a", NEW, true));
+        assert_eq!(case.run(plan), vec![]);
+        let Route::Live { .. } = case.run(routes)["a"] else {
+            panic!("old version must keep serving");
+        };
+        assert_eq!(
+            case.run(|w| statuses(w, |s| s.into()))[0].state,
+            PreviewState::Building
+        );
+
+        // Deploy done: the old container and its image go.
+        case.in_flight.clear();
+        case.inventory.images.push(object("i-new", "a", NEW));
+        assert_eq!(
+            case.run(plan),
+            vec![
+                Action::RemoveContainer {
+                    slug: "a".into(),
+                    id: "old".into()
+                },
+                Action::RemoveImage {
+                    slug: "a".into(),
+                    id: "i-old".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn routes_follow_the_new_container_only_after_the_deploy() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![container("new", "a", NEW, true)],
+                ..Inventory::default()
+            },
+            in_flight: vec![("a", NEW)],
+            ..Case::default()
+        };
+        assert!(matches!(case.run(routes)["a"], Route::Building { .. }));
+    }
+
+    #[test]
+    fn a_failed_commit_is_not_retried_and_the_old_version_serves() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![container("old", "a", OLD, true)],
+                ..Inventory::default()
+            },
+            failed: vec![("a", NEW)],
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![]);
+        assert!(matches!(case.run(routes)["a"], Route::Live { .. }));
+        assert_eq!(
+            case.run(|w| statuses(w, |s| s.into()))[0].state,
+            PreviewState::Failed
+        );
+    }
+
+    #[test]
+    fn a_failed_first_build_shows_the_failure() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            failed: vec![("a", NEW)],
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![]);
+        assert!(matches!(case.run(routes)["a"], Route::Failed { .. }));
+    }
+
+    #[test]
+    fn a_push_after_a_failure_deploys_again() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            failed: vec![("a", OLD)],
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![Action::Deploy(preview("a", NEW))]);
+    }
+
+    #[test]
+    fn a_dead_tip_container_is_redeployed() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![container("c", "a", NEW, false)],
+                ..Inventory::default()
+            },
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![Action::Deploy(preview("a", NEW))]);
+    }
+
+    #[test]
+    fn merged_or_deleted_branches_are_retired_once() {
+        let case = Case {
+            wanted: vec![],
+            inventory: Inventory {
+                containers: vec![container("c", "gone", OLD, true)],
+                images: vec![object("i", "gone", OLD)],
+                networks: vec![object("n", "gone", OLD)],
+            },
+            ..Case::default()
+        };
+        assert_eq!(
+            case.run(plan),
+            vec![Action::Retire {
+                slug: "gone".into()
+            }]
+        );
+        assert!(case.run(routes).is_empty());
+    }
+
+    #[test]
+    fn a_deploy_of_a_deleted_branch_is_retired() {
+        let case = Case {
+            in_flight: vec![("gone", NEW)],
+            ..Case::default()
+        };
+        assert_eq!(
+            case.run(plan),
+            vec![Action::Retire {
+                slug: "gone".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn unreadable_branches_keep_their_objects() {
+        let case = Case {
+            retained: vec!["broken"],
+            inventory: Inventory {
+                containers: vec![container("c", "broken", OLD, true)],
+                ..Inventory::default()
+            },
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![]);
+    }
+
+    #[test]
+    fn previews_do_not_touch_each_other() {
+        let case = Case {
+            wanted: vec![preview("a", NEW), preview("b", OLD)],
+            inventory: Inventory {
+                containers: vec![container("cb", "b", OLD, true)],
+                images: vec![object("ib", "b", OLD)],
+                networks: vec![],
+            },
+            failed: vec![("a", NEW)],
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![]);
+        let routes = case.run(routes);
+        assert!(matches!(routes["a"], Route::Failed { .. }));
+        assert!(matches!(routes["b"], Route::Live { .. }));
+    }
+}

@@ -1,0 +1,258 @@
+//! Relaying one request to a live preview's upstream over the shared pooled
+//! client: URI rewrite, hop-by-hop stripping, `X-Forwarded-*`/`Forwarded`,
+//! timeouts. Bodies stream both ways and are never buffered. It must not
+//! decide whether to forward (that is `handle`) nor render pages.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HOST};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::error::ProxyError;
+use crate::host::RequestHost;
+use crate::pages::ProxyBody;
+
+/// Connecting to a container on the local engine is fast or not happening.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for an upstream's response headers.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The one pooled HTTP/1.1 client all forwarded requests share.
+pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
+
+/// Headers that describe one hop, not the message (RFC 9110 7.6.1), plus the
+/// proxy-auth pair: none of them may be relayed.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Builds the shared upstream client (connect timeout, `TCP_NODELAY`, pooled).
+pub(crate) fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+/// Sends `req` to `upstream` and relays its response (headers cleaned, body
+/// streamed). `client_ip` and `host` describe the original request.
+pub(crate) async fn forward(
+    client: &UpstreamClient,
+    mut req: Request<Incoming>,
+    upstream: SocketAddr,
+    client_ip: IpAddr,
+    host: &RequestHost,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    *req.uri_mut() = upstream_uri(req.uri(), upstream)
+        .map_err(|source| ProxyError::UpstreamUri { upstream, source })?;
+    // The upstream speaks HTTP/1.1 whatever the client spoke; the pooled
+    // client refuses an HTTP/2 request on an HTTP/1 connection.
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    set_forwarding_headers(headers, client_ip, host);
+
+    let response = match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(req)).await {
+        Err(_elapsed) => {
+            return Err(ProxyError::UpstreamTimeout {
+                upstream,
+                timeout: RESPONSE_TIMEOUT,
+            })
+        }
+        Ok(Err(source)) if source.is_connect() => {
+            return Err(ProxyError::UpstreamConnect { upstream, source })
+        }
+        Ok(Err(source)) => return Err(ProxyError::UpstreamRequest { upstream, source }),
+        Ok(Ok(response)) => response,
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// `http://<upstream><path-and-query>`.
+fn upstream_uri(original: &Uri, upstream: SocketAddr) -> Result<Uri, http::Error> {
+    let path_and_query = original
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(upstream.to_string())
+        .path_and_query(path_and_query)
+        .build()
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Sets `Host` and the forwarding headers, replacing whatever the client sent
+/// (a client must not be able to claim another address).
+fn set_forwarding_headers(headers: &mut HeaderMap, client_ip: IpAddr, host: &RequestHost) {
+    // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+    let client_ip = client_ip.to_canonical();
+    let values = [
+        (HOST, host.raw.clone()),
+        (X_FORWARDED_FOR, client_ip.to_string()),
+        (X_FORWARDED_PROTO, "https".to_owned()),
+        (X_FORWARDED_HOST, host.raw.clone()),
+        (header::FORWARDED, forwarded_value(client_ip, &host.raw)),
+    ];
+    for (name, value) in values {
+        headers.remove(&name);
+        // `host.raw` passed host validation, so every value here is a valid
+        // header value; skipping is only a defence.
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// `Forwarded` (RFC 7239): IPv6 nodes and non-token hosts are quoted.
+fn forwarded_value(client_ip: IpAddr, host: &str) -> String {
+    let node = match client_ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    format!("for={node};proto=https;host={}", token_or_quoted(host))
+}
+
+fn token_or_quoted(value: &str) -> String {
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !value.is_empty() && value.bytes().all(is_tchar) {
+        return value.to_owned();
+    }
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(raw: &str) -> RequestHost {
+        RequestHost {
+            raw: raw.into(),
+            name: raw.split(':').next().unwrap_or_default().into(),
+        }
+    }
+
+    #[test]
+    fn uri_is_rewritten_to_the_upstream() {
+        let upstream: SocketAddr = ([10, 0, 0, 5], 3000).into();
+        let uri: Uri = "/a/b?c=d".parse().expect("uri");
+        assert_eq!(
+            upstream_uri(&uri, upstream).expect("rewrite").to_string(),
+            "http://10.0.0.5:3000/a/b?c=d"
+        );
+        let h2: Uri = "https://app.preview.test/x".parse().expect("uri");
+        assert_eq!(
+            upstream_uri(&h2, upstream).expect("rewrite").to_string(),
+            "http://10.0.0.5:3000/x"
+        );
+        let v6: SocketAddr = "[fd00::1]:80".parse().expect("addr");
+        assert_eq!(
+            upstream_uri(&uri, v6).expect("rewrite").to_string(),
+            "http://[fd00::1]:80/a/b?c=d"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-authenticate", "Basic"),
+            ("x-kept", "yes"),
+            ("content-type", "text/plain"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn forwarding_headers_replace_client_values() {
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("7.7.7.7"));
+        headers.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        let ip: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
+        set_forwarding_headers(&mut headers, ip, &host("app.preview.test:8443"));
+        assert_eq!(headers.get_all(X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.1");
+        assert_eq!(headers[X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[X_FORWARDED_HOST], "app.preview.test:8443");
+        assert_eq!(headers[HOST], "app.preview.test:8443");
+        assert_eq!(
+            headers[header::FORWARDED],
+            "for=192.0.2.1;proto=https;host=\"app.preview.test:8443\""
+        );
+    }
+
+    #[test]
+    fn forwarded_quotes_ipv6() {
+        let ip: IpAddr = "2001:db8::1".parse().expect("ip");
+        assert_eq!(
+            forwarded_value(ip, "app.preview.test"),
+            "for=\"[2001:db8::1]\";proto=https;host=app.preview.test"
+        );
+    }
+}

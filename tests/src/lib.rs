@@ -1,0 +1,1 @@
+//! Test-only crate: the end-to-end tests are under `tests/`.
