@@ -286,8 +286,18 @@ impl Runtime {
             .is_ok()
     }
 
-    /// Builds `context` (a tar) into the preview's image with the classic builder, appending
-    /// the build output to `log`. The engine pulls a missing base image itself.
+    /// The labels of the preview's image, for the `LABEL` line appended to its Dockerfile by
+    /// [`append_instruction`]. One line, one build step: the classic builder turns the build's
+    /// `labels` parameter into one step (and one container) per label, seconds on every build.
+    pub fn image_labels(&self, preview: &PreviewRef) -> Vec<(String, String)> {
+        let mut labels: Vec<_> = self.labels(preview, "app").into_iter().collect();
+        labels.sort();
+        labels
+    }
+
+    /// Builds `context` (a tar whose Dockerfile already carries the labels) into the preview's
+    /// image with the classic builder, appending the build output to `log`. The engine pulls a
+    /// missing base image itself.
     pub async fn build(
         &self,
         preview: &PreviewRef,
@@ -296,7 +306,6 @@ impl Runtime {
     ) -> Result<(), DockerError> {
         let options = BuildImageOptionsBuilder::new()
             .t(&self.image_tag(preview))
-            .labels(&self.labels(preview, "app"))
             .rm(true)
             .forcerm(true)
             .build();
@@ -499,6 +508,61 @@ impl Runtime {
     }
 }
 
+/// `dockerfile` with one `LABEL` instruction for `labels` appended. Values are quoted with the
+/// Dockerfile's own escape character (a `# escape=` directive may change it), and `$` is
+/// escaped so the builder does not expand it.
+pub fn append_instruction(dockerfile: &[u8], labels: &[(String, String)]) -> Vec<u8> {
+    let escape = escape_char(dockerfile);
+    let quote = |s: &str| {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('"');
+        for c in s.chars() {
+            if c == '"' || c == '$' || c == escape {
+                out.push(escape);
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    };
+    let mut line = String::from("LABEL");
+    for (key, value) in labels {
+        line.push(' ');
+        line.push_str(&quote(key));
+        line.push('=');
+        line.push_str(&quote(value));
+    }
+    let mut out = dockerfile.to_vec();
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
+    out
+}
+
+/// The escape character of a Dockerfile: `\\` unless a leading `# escape=` directive says.
+fn escape_char(dockerfile: &[u8]) -> char {
+    let text = String::from_utf8_lossy(dockerfile);
+    for line in text.lines() {
+        let Some(directive) = line.trim().strip_prefix('#') else {
+            break;
+        };
+        let directive = directive.trim();
+        if let Some((key, value)) = directive.split_once('=') {
+            if key.trim().eq_ignore_ascii_case("escape") {
+                if let Some(c) = value.trim().chars().next() {
+                    return c;
+                }
+            }
+        } else {
+            // Directives end at the first comment that is not one.
+            break;
+        }
+    }
+    '\\'
+}
+
 fn gone_is_fine(
     result: Result<(), bollard::errors::Error>,
     call: &'static str,
@@ -509,6 +573,39 @@ fn gone_is_fine(
             status_code: 404, ..
         }) => Ok(()),
         Err(source) => Err(DockerError::Api { call, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Vec<(String, String)> {
+        vec![
+            ("previewd.branch".into(), "fix/\"quote\"-$HOME".into()),
+            ("previewd.slug".into(), "fix-quote-home".into()),
+        ]
+    }
+
+    #[test]
+    fn labels_are_one_quoted_instruction() {
+        let out = append_instruction(b"FROM scratch", &labels());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "FROM scratch\nLABEL \"previewd.branch\"=\"fix/\\\"quote\\\"-\\$HOME\" \"previewd.slug\"=\"fix-quote-home\"\n"
+        );
+    }
+
+    #[test]
+    fn the_escape_directive_is_honoured() {
+        let out = append_instruction(b"# escape=`\nFROM scratch\n", &labels());
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("\"fix/`\"quote`\"-`$HOME\" \"previewd.slug\"=\"fix-quote-home\"\n"),
+            "{text}"
+        );
+        assert_eq!(escape_char(b"# syntax=x\n# escape=`\nFROM a"), '`');
+        assert_eq!(escape_char(b"FROM a\n# escape=`"), '\\');
     }
 }
 

@@ -162,8 +162,12 @@ fn is_merged(repo: &Repository, tip: Oid, main: Option<Oid>) -> Result<bool, git
 /// The tree at `commit` as an uncompressed tar, the Docker build context. Read straight from
 /// the object database: there is no working tree. Submodules are left out (their commits are
 /// not in this repository). Every entry gets the commit's time, so a tree always gives the same
-/// bytes.
-pub fn context_tar(mirror: &Path, commit: Oid) -> Result<Vec<u8>, MirrorError> {
+/// bytes. The root `Dockerfile` goes through `edit_dockerfile` on its way in.
+pub fn context_tar(
+    mirror: &Path,
+    commit: Oid,
+    edit_dockerfile: impl Fn(&[u8]) -> Vec<u8>,
+) -> Result<Vec<u8>, MirrorError> {
     let repo = Repository::open_bare(mirror).map_err(|source| MirrorError::Open {
         path: mirror.to_owned(),
         source,
@@ -178,7 +182,12 @@ pub fn context_tar(mirror: &Path, commit: Oid) -> Result<Vec<u8>, MirrorError> {
     tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         let mut path = dir.as_bytes().to_vec();
         path.extend_from_slice(entry.name_bytes());
-        match append_entry(&repo, &mut tar, &path, entry, mtime) {
+        let edit: Option<&dyn Fn(&[u8]) -> Vec<u8>> = if path == b"Dockerfile" {
+            Some(&edit_dockerfile)
+        } else {
+            None
+        };
+        match append_entry(&repo, &mut tar, &path, entry, mtime, edit) {
             Ok(()) => TreeWalkResult::Ok,
             Err(e) => {
                 failure = Some(match e {
@@ -212,6 +221,7 @@ fn append_entry(
     path: &[u8],
     entry: &git2::TreeEntry<'_>,
     mtime: u64,
+    edit: Option<&dyn Fn(&[u8]) -> Vec<u8>>,
 ) -> Result<(), EntryError> {
     let path = Path::new(OsStr::from_bytes(path));
     let mut header = tar::Header::new_gnu();
@@ -236,14 +246,16 @@ fn append_entry(
                 tar.append_link(&mut header, path, target)
                     .map_err(EntryError::Io)
             } else {
+                let edited = edit.map(|edit| edit(blob.content()));
+                let content = edited.as_deref().unwrap_or(blob.content());
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(if entry.filemode() == 0o100755 {
                     0o755
                 } else {
                     0o644
                 });
-                header.set_size(blob.content().len() as u64);
-                tar.append_data(&mut header, path, blob.content())
+                header.set_size(content.len() as u64);
+                tar.append_data(&mut header, path, content)
                     .map_err(EntryError::Io)
             }
         }
@@ -344,7 +356,8 @@ mod tests {
     fn context_has_files_modes_and_symlinks() {
         let (_tmp, mirror, _work) = fixture();
         let tip = scan(&mirror, "main").unwrap().branches["feature/open"];
-        let bytes = context_tar(&mirror, tip).unwrap();
+        let edit = |d: &[u8]| [d, b"LABEL x=y\n"].concat();
+        let bytes = context_tar(&mirror, tip, edit).unwrap();
         let mut archive = tar::Archive::new(bytes.as_slice());
         let mut seen = BTreeMap::new();
         for entry in archive.entries().unwrap() {
@@ -368,6 +381,11 @@ mod tests {
         assert_eq!(seen["run.sh"].0, 0o755);
         assert_eq!(seen["link"].1, "www/index.html");
         assert!(seen.contains_key("www"));
-        assert_eq!(context_tar(&mirror, tip).unwrap(), bytes, "deterministic");
+        assert_eq!(seen["Dockerfile"].1, "FROM scratch\nLABEL x=y\n");
+        assert_eq!(
+            context_tar(&mirror, tip, edit).unwrap(),
+            bytes,
+            "deterministic"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::docker::{DockerError, PreviewRef, Runtime};
+use crate::docker::{self, DockerError, PreviewRef, Runtime};
 use crate::{health, mirror, state};
 
 /// How long a started container has to answer before the deploy fails.
@@ -79,10 +79,15 @@ async fn build(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), DeployFa
     let fail = |text: String| DeployFailure { log_tail: text };
     let commit = git2::Oid::from_str(&preview.commit).map_err(|e| fail(e.to_string()))?;
     let mirror = ctx.mirror.clone();
-    let context = tokio::task::spawn_blocking(move || mirror::context_tar(&mirror, commit))
-        .await
-        .map_err(|e| fail(format!("reading the tree panicked: {e}")))?
-        .map_err(|e| fail(e.to_string()))?;
+    let labelled = ctx.runtime.image_labels(preview);
+    let context = tokio::task::spawn_blocking(move || {
+        mirror::context_tar(&mirror, commit, |dockerfile| {
+            docker::append_instruction(dockerfile, &labelled)
+        })
+    })
+    .await
+    .map_err(|e| fail(format!("reading the tree panicked: {e}")))?
+    .map_err(|e| fail(e.to_string()))?;
 
     let log_path = ctx.records.log_path(&preview.slug, preview.short());
     let open_log = async {

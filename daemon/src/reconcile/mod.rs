@@ -173,18 +173,21 @@ impl Reconciler {
 
         let (wanted, retained) = self.assign(&desired, &inventory);
         let flights = self.flights();
-        let actions = plan::plan(&World {
+        let world = World {
             wanted: &wanted,
             retained: &retained,
             inventory: &inventory,
             in_flight: &flights,
             failed: &self.failed,
-        });
+        };
+        let actions = plan::plan(&world);
+        // Make before break: traffic moves to what serves now before anything is removed.
+        self.publish(&world);
         for action in actions {
             self.apply(action, &inventory).await;
         }
 
-        // Seen again with the deploys just started, so they show as building.
+        // Seen again with the deploys just started and the previews just retired.
         let flights = self.flights();
         let world = World {
             wanted: &wanted,
