@@ -51,8 +51,6 @@ pub enum DockerError {
     Build(String),
     #[error("the image exposes no TCP port: add an EXPOSE line to the Dockerfile")]
     NoExposedPort,
-    #[error("container {name} has no address on network {network}")]
-    NoAddress { name: String, network: String },
 }
 
 fn api(call: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
@@ -380,7 +378,8 @@ impl Runtime {
     }
 
     /// Creates and starts the preview's app container on its network, replacing a leftover
-    /// container of the same name (a crash between create and start, or a dead one).
+    /// container of the same name (a crash between create and start, or a dead one). The
+    /// result has no upstream when the container stopped before it got an address.
     pub async fn run(
         &self,
         preview: &PreviewRef,
@@ -431,36 +430,38 @@ impl Runtime {
             .inspect_container(&created.id, None::<InspectContainerOptions>)
             .await
             .map_err(api("inspect container"))?;
+        // No address means the container already stopped; the caller reports that.
         let ip = inspect
             .network_settings
             .and_then(|s| s.networks)
             .and_then(|mut n| n.remove(&network))
             .and_then(|e| e.ip_address)
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-            .ok_or_else(|| DockerError::NoAddress {
-                name: name.clone(),
-                network,
-            })?;
+            .and_then(|ip| ip.parse::<IpAddr>().ok());
         Ok(ContainerInfo {
             id: created.id,
             name,
             branch: preview.branch.clone(),
             slug: preview.slug.clone(),
             commit: preview.commit.clone(),
-            running: true,
-            upstream: Some(SocketAddr::new(ip, port)),
+            running: ip.is_some(),
+            upstream: ip.map(|ip| SocketAddr::new(ip, port)),
         })
     }
 
-    /// Whether the container still runs; `false` for one that exited or is gone.
-    pub async fn is_running(&self, id: &str) -> bool {
-        self.docker
+    /// Whether the container has stopped since it was started: it exited, is gone, or the
+    /// engine already restarted it (a crash loop would otherwise look alive between restarts).
+    pub async fn has_stopped(&self, id: &str) -> bool {
+        let Ok(inspect) = self
+            .docker
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
-            .ok()
-            .and_then(|c| c.state)
-            .and_then(|s| s.running)
-            .unwrap_or(false)
+        else {
+            return true;
+        };
+        let state = inspect.state.unwrap_or_default();
+        state.running != Some(true)
+            || state.restarting == Some(true)
+            || inspect.restart_count.unwrap_or(0) > 0
     }
 
     /// The last `lines` lines the container wrote (stdout and stderr), for failure pages.
@@ -576,6 +577,17 @@ fn gone_is_fine(
     }
 }
 
+/// The labels previewd reads back from an object; `None` for objects missing them (made by
+/// hand with the instance label only, say), which are then never touched.
+fn object_info(id: Option<String>, labels: &HashMap<String, String>) -> Option<ObjectInfo> {
+    Some(ObjectInfo {
+        id: id?,
+        branch: labels.get(LABEL_BRANCH)?.clone(),
+        slug: labels.get(LABEL_SLUG)?.clone(),
+        commit: labels.get(LABEL_COMMIT)?.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,15 +619,4 @@ mod tests {
         assert_eq!(escape_char(b"# syntax=x\n# escape=`\nFROM a"), '`');
         assert_eq!(escape_char(b"FROM a\n# escape=`"), '\\');
     }
-}
-
-/// The labels previewd reads back from an object; `None` for objects missing them (made by
-/// hand with the instance label only, say), which are then never touched.
-fn object_info(id: Option<String>, labels: &HashMap<String, String>) -> Option<ObjectInfo> {
-    Some(ObjectInfo {
-        id: id?,
-        branch: labels.get(LABEL_BRANCH)?.clone(),
-        slug: labels.get(LABEL_SLUG)?.clone(),
-        commit: labels.get(LABEL_COMMIT)?.clone(),
-    })
 }

@@ -182,7 +182,7 @@ pub fn context_tar(
     tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         let mut path = dir.as_bytes().to_vec();
         path.extend_from_slice(entry.name_bytes());
-        let edit: Option<&dyn Fn(&[u8]) -> Vec<u8>> = if path == b"Dockerfile" {
+        let edit: Option<&DockerfileEdit<'_>> = if path == b"Dockerfile" {
             Some(&edit_dockerfile)
         } else {
             None
@@ -210,6 +210,9 @@ pub fn context_tar(
     tar.into_inner().map_err(MirrorError::Tar)
 }
 
+/// Rewrites the root Dockerfile's bytes on their way into the build context.
+type DockerfileEdit<'a> = dyn Fn(&[u8]) -> Vec<u8> + 'a;
+
 enum EntryError {
     Git(git2::Error),
     Io(std::io::Error),
@@ -221,7 +224,7 @@ fn append_entry(
     path: &[u8],
     entry: &git2::TreeEntry<'_>,
     mtime: u64,
-    edit: Option<&dyn Fn(&[u8]) -> Vec<u8>>,
+    edit: Option<&DockerfileEdit<'_>>,
 ) -> Result<(), EntryError> {
     let path = Path::new(OsStr::from_bytes(path));
     let mut header = tar::Header::new_gnu();

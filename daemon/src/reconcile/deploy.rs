@@ -60,19 +60,18 @@ pub async fn deploy(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), Dep
         .run(preview, port, env)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let upstream = container
-        .upstream
-        .expect("a container just started has its address");
-    match wait_ready(&ctx.runtime, &container.id, upstream).await {
-        Ok(()) => Ok(()),
-        Err(reason) => {
-            let logs = ctx.runtime.log_tail(&container.id, LOG_TAIL_LINES).await;
-            if let Err(error) = ctx.runtime.remove_container(&container.id).await {
-                tracing::warn!(preview = %preview.slug, %error, "cannot remove failed container");
-            }
-            Err(fail(format!("{reason}\n\ncontainer output:\n{logs}")))
+    let ready = match container.upstream {
+        Some(upstream) => wait_ready(&ctx.runtime, &container.id, upstream).await,
+        None => Err("the container stopped before it got an address".to_owned()),
+    };
+    if let Err(reason) = ready {
+        let logs = ctx.runtime.log_tail(&container.id, LOG_TAIL_LINES).await;
+        if let Err(error) = ctx.runtime.remove_container(&container.id).await {
+            tracing::warn!(preview = %preview.slug, %error, "cannot remove failed container");
         }
+        return Err(fail(format!("{reason}\n\ncontainer output:\n{logs}")));
     }
+    Ok(())
 }
 
 async fn build(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), DeployFailure> {
@@ -133,7 +132,7 @@ async fn wait_ready(
         }
         // Asking the engine on every probe would double its load for nothing.
         if now >= next_liveness_check {
-            if !runtime.is_running(id).await {
+            if runtime.has_stopped(id).await {
                 return Err("the container exited before it answered".into());
             }
             next_liveness_check = now + Duration::from_secs(1);
