@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RunArgs};
-use crate::reconcile::plan::{PreviewState, PreviewStatus};
+use crate::reconcile::plan::PreviewStatus;
 use crate::{control, daemon, hook};
 
 #[derive(Debug, Parser)]
@@ -156,16 +156,14 @@ fn print_rows(rows: &[PreviewStatus], json: bool) {
     let table: Vec<[String; 5]> = rows
         .iter()
         .map(|r| {
-            let state = match r.state {
-                PreviewState::Building => "building",
-                PreviewState::Live => "live",
-                PreviewState::Failed => "failed",
-            };
             [
                 r.branch.clone(),
                 r.slug.clone(),
                 r.commit.chars().take(12).collect(),
-                state.to_owned(),
+                match r.queue_position {
+                    Some(place) => format!("{} #{place}", r.state.as_str()),
+                    None => r.state.as_str().to_owned(),
+                },
                 r.url.clone(),
             ]
         })

@@ -37,6 +37,12 @@ pub struct RunArgs {
     /// Docker endpoint, e.g. unix:///var/run/docker.sock [default: $DOCKER_HOST, else the local socket]
     #[arg(long, value_name = "URL")]
     pub docker_host: Option<String>,
+    /// Builds that may run at once; more wait in a queue [default: 1]
+    #[arg(long, value_name = "N")]
+    pub build_concurrency: Option<usize>,
+    /// Removing more previews than this in one pass waits for a second look [default: 3]
+    #[arg(long, value_name = "N")]
+    pub mass_removal_threshold: Option<usize>,
 }
 
 /// The `--config` file as written. Keys mirror the long flags, with `_` for `-`.
@@ -51,6 +57,8 @@ struct FileConfig {
     instance: Option<String>,
     main: Option<String>,
     docker_host: Option<String>,
+    build_concurrency: Option<usize>,
+    mass_removal_threshold: Option<usize>,
 }
 
 /// Validated settings of a running daemon.
@@ -67,6 +75,10 @@ pub struct Config {
     pub main_branch: String,
     /// `None`: `$DOCKER_HOST`, else the platform's local socket.
     pub docker_host: Option<String>,
+    /// At least 1.
+    pub build_concurrency: usize,
+    /// Retiring more previews than this in one pass needs a second pass to agree.
+    pub mass_removal_threshold: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +103,8 @@ pub enum ConfigError {
     Instance(String),
     #[error("invalid main branch {0:?}: expected a branch name such as main")]
     MainBranch(String),
+    #[error("invalid build_concurrency 0: at least one build must be able to run")]
+    NoBuilds,
 }
 
 impl Config {
@@ -119,6 +133,15 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 8080))
             }),
             docker_host: args.docker_host.clone().or(file.docker_host),
+            build_concurrency: match pick(&args.build_concurrency, file.build_concurrency, || 1) {
+                0 => return Err(ConfigError::NoBuilds),
+                n => n,
+            },
+            mass_removal_threshold: pick(
+                &args.mass_removal_threshold,
+                file.mass_removal_threshold,
+                || 3,
+            ),
             domain: validate_domain(&domain)?,
             instance: validate_instance(instance)?,
             main_branch: validate_main(main_branch)?,
@@ -228,6 +251,8 @@ mod tests {
         assert_eq!(c.instance, "default");
         assert_eq!(c.main_branch, "main");
         assert_eq!(c.docker_host, None);
+        assert_eq!(c.build_concurrency, 1);
+        assert_eq!(c.mass_removal_threshold, 3);
         assert_eq!(c.socket_path(), PathBuf::from(".previewd/previewd.sock"));
     }
 
@@ -288,6 +313,7 @@ mod tests {
             ("instance = \"-x\"", "invalid instance"),
             ("main = \"\"", "invalid main branch"),
             ("main = \"a..b\"", "invalid main branch"),
+            ("build_concurrency = 0", "invalid build_concurrency"),
         ] {
             let err = from_toml(text).unwrap_err().to_string();
             assert!(err.starts_with(expect), "{text}: {err}");

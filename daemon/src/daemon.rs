@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::docker::Runtime;
 use crate::reconcile::Reconciler;
-use crate::{control, hook, mirror, sd_notify, watch};
+use crate::{control, events, hook, mirror, sd_notify, watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -98,12 +98,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     );
 
     if let Some(runtime) = connect_docker(&config, &shutdown).await {
+        let runtime_events = runtime.clone();
         let mut reconciler = Reconciler::new(config.clone(), runtime, routes, status);
         // Adopt what runs before saying ready, so a restart serves at once.
         reconciler.pass_logged().await;
         sd_notify::ready();
-        let _watcher = watch::watch_refs(&config.mirror, triggers_tx)?;
+        let _watcher = watch::watch_refs(&config.mirror, triggers_tx.clone())?;
+        let events = tokio::spawn(events::follow(
+            runtime_events,
+            triggers_tx,
+            shutdown.clone(),
+        ));
         reconciler.run(triggers_rx, shutdown.clone()).await;
+        events.await?;
     }
 
     sd_notify::stopping();

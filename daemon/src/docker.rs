@@ -11,9 +11,10 @@ use bollard::models::{
     RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
+    InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -27,9 +28,9 @@ pub const LABEL_ROLE: &str = "previewd.role";
 /// The container port the app listens on, so an adopted container needs no image inspect.
 pub const LABEL_PORT: &str = "previewd.port";
 
-/// Seconds bollard waits for any one API response before giving up. Builds stream for longer:
-/// the limit covers the wait for each response, not a whole build.
-const API_TIMEOUT_SECS: u64 = 120;
+/// Longest any one Docker API call may take, builds excepted: a frozen engine must fail calls,
+/// not pile up work behind them.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -45,6 +46,8 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("Docker API call {call} did not answer within {after:?}")]
+    Timeout { call: &'static str, after: Duration },
     #[error("cannot write build log: {0}")]
     Log(#[source] std::io::Error),
     #[error("{0}")]
@@ -55,6 +58,27 @@ pub enum DockerError {
 
 fn api(call: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
     move |source| DockerError::Api { call, source }
+}
+
+/// Runs one API call under [`API_TIMEOUT`]; the inner result is the engine's answer.
+async fn within<T>(
+    call: &'static str,
+    fut: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<Result<T, bollard::errors::Error>, DockerError> {
+    tokio::time::timeout(API_TIMEOUT, fut)
+        .await
+        .map_err(|_| DockerError::Timeout {
+            call,
+            after: API_TIMEOUT,
+        })
+}
+
+/// [`within`], with the engine's refusal as an error too.
+async fn call<T>(
+    call: &'static str,
+    fut: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, DockerError> {
+    within(call, fut).await?.map_err(api(call))
 }
 
 /// One branch's preview at one commit: everything needed to name and label its objects.
@@ -126,7 +150,9 @@ impl Runtime {
             None => Docker::connect_with_defaults(),
         }
         .map_err(connect_err)?
-        .with_timeout(Duration::from_secs(API_TIMEOUT_SECS));
+        // bollard's own limit covers a response's headers; `within` covers whole calls. A
+        // build's headers come at once, its body streams for as long as the build runs.
+        .with_timeout(API_TIMEOUT);
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
         Ok(Runtime {
             docker,
@@ -176,34 +202,34 @@ impl Runtime {
 
     /// Lists every container, image and network carrying this instance's label.
     pub async fn inventory(&self) -> Result<Inventory, DockerError> {
-        let containers = self
-            .docker
-            .list_containers(Some(
+        let containers = call(
+            "list containers",
+            self.docker.list_containers(Some(
                 ListContainersOptionsBuilder::new()
                     .all(true)
                     .filters(&self.instance_filter())
                     .build(),
-            ))
-            .await
-            .map_err(api("list containers"))?;
-        let images = self
-            .docker
-            .list_images(Some(
+            )),
+        )
+        .await?;
+        let images = call(
+            "list images",
+            self.docker.list_images(Some(
                 ListImagesOptionsBuilder::new()
                     .filters(&self.instance_filter())
                     .build(),
-            ))
-            .await
-            .map_err(api("list images"))?;
-        let networks = self
-            .docker
-            .list_networks(Some(
+            )),
+        )
+        .await?;
+        let networks = call(
+            "list networks",
+            self.docker.list_networks(Some(
                 ListNetworksOptionsBuilder::new()
                     .filters(&self.instance_filter())
                     .build(),
-            ))
-            .await
-            .map_err(api("list networks"))?;
+            )),
+        )
+        .await?;
 
         let mut inventory = Inventory::default();
         for c in containers {
@@ -247,14 +273,15 @@ impl Runtime {
     /// The preview's network, created with its labels unless it exists already.
     pub async fn ensure_network(&self, preview: &PreviewRef) -> Result<(), DockerError> {
         let name = self.network_name(&preview.slug);
-        let exists = self
-            .docker
-            .inspect_network(
+        let exists = within(
+            "inspect network",
+            self.docker.inspect_network(
                 &name,
                 None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
-            .await
-            .is_ok();
+            ),
+        )
+        .await?
+        .is_ok();
         if exists {
             return Ok(());
         }
@@ -264,7 +291,7 @@ impl Runtime {
             labels: Some(self.labels(preview, "network")),
             ..Default::default()
         };
-        match self.docker.create_network(request).await {
+        match within("create network", self.docker.create_network(request)).await? {
             Ok(_) => Ok(()),
             // Lost a race with another pass that created it: that is what we wanted.
             Err(bollard::errors::Error::DockerResponseServerError {
@@ -277,11 +304,18 @@ impl Runtime {
         }
     }
 
-    pub async fn image_exists(&self, preview: &PreviewRef) -> bool {
-        self.docker
-            .inspect_image(&self.image_tag(preview))
-            .await
-            .is_ok()
+    pub async fn image_exists(&self, preview: &PreviewRef) -> Result<bool, DockerError> {
+        let tag = self.image_tag(preview);
+        match within("inspect image", self.docker.inspect_image(&tag)).await? {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(source) => Err(DockerError::Api {
+                call: "inspect image",
+                source,
+            }),
+        }
     }
 
     /// The labels of the preview's image, for the `LABEL` line appended to its Dockerfile by
@@ -358,11 +392,8 @@ impl Runtime {
     /// The port the app listens on: the lowest TCP port the image exposes (the engine keeps
     /// EXPOSE lines as a set, so "first" can only mean lowest).
     pub async fn exposed_port(&self, preview: &PreviewRef) -> Result<u16, DockerError> {
-        let image = self
-            .docker
-            .inspect_image(&self.image_tag(preview))
-            .await
-            .map_err(api("inspect image"))?;
+        let tag = self.image_tag(preview);
+        let image = call("inspect image", self.docker.inspect_image(&tag)).await?;
         image
             .config
             .and_then(|c| c.exposed_ports)
@@ -388,14 +419,7 @@ impl Runtime {
     ) -> Result<ContainerInfo, DockerError> {
         let name = self.container_name(preview);
         let network = self.network_name(&preview.slug);
-        if self
-            .docker
-            .inspect_container(&name, None::<InspectContainerOptions>)
-            .await
-            .is_ok()
-        {
-            self.remove_container(&name).await?;
-        }
+        self.remove_container(&name).await?;
         let mut labels = self.labels(preview, "app");
         labels.insert(LABEL_PORT.into(), port.to_string());
         let body = ContainerCreateBody {
@@ -404,32 +428,29 @@ impl Runtime {
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some(network.clone()),
-                // Previews outlive restarts of the engine; previewd re-reads their addresses.
+                // previewd restarts dead previews itself, within a budget, so a crash loop
+                // ends as a visible failure instead of restarting forever.
                 restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
                 }),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-                body,
-            )
-            .await
-            .map_err(api("create container"))?;
-        self.docker
-            .start_container(&created.id, None)
-            .await
-            .map_err(api("start container"))?;
-        let inspect = self
-            .docker
-            .inspect_container(&created.id, None::<InspectContainerOptions>)
-            .await
-            .map_err(api("inspect container"))?;
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = call(
+            "create container",
+            self.docker.create_container(Some(options), body),
+        )
+        .await?;
+        self.start_container(&created.id).await?;
+        let inspect = call(
+            "inspect container",
+            self.docker
+                .inspect_container(&created.id, None::<InspectContainerOptions>),
+        )
+        .await?;
         // No address means the container already stopped; the caller reports that.
         let ip = inspect
             .network_settings
@@ -448,23 +469,29 @@ impl Runtime {
         })
     }
 
-    /// Whether the container has stopped since it was started: it exited, is gone, or the
-    /// engine already restarted it (a crash loop would otherwise look alive between restarts).
+    /// Starts an existing container (a preview that died, or one just created).
+    pub async fn start_container(&self, id: &str) -> Result<(), DockerError> {
+        call("start container", self.docker.start_container(id, None)).await
+    }
+
+    /// Whether the container has stopped since it was started: it exited, is gone, or is
+    /// being restarted.
     pub async fn has_stopped(&self, id: &str) -> bool {
-        let Ok(inspect) = self
-            .docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-        else {
+        let inspect = within(
+            "inspect container",
+            self.docker
+                .inspect_container(id, None::<InspectContainerOptions>),
+        )
+        .await;
+        let Ok(Ok(inspect)) = inspect else {
             return true;
         };
         let state = inspect.state.unwrap_or_default();
-        state.running != Some(true)
-            || state.restarting == Some(true)
-            || inspect.restart_count.unwrap_or(0) > 0
+        state.running != Some(true) || state.restarting == Some(true)
     }
 
     /// The last `lines` lines the container wrote (stdout and stderr), for failure pages.
+    /// Empty when the engine cannot say.
     pub async fn log_tail(&self, id: &str, lines: usize) -> String {
         let options = LogsOptionsBuilder::new()
             .stdout(true)
@@ -473,10 +500,25 @@ impl Runtime {
             .build();
         let mut stream = self.docker.logs(id, Some(options));
         let mut out = String::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-        }
+        let read = async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        };
+        let _ = tokio::time::timeout(API_TIMEOUT, read).await;
         out
+    }
+
+    /// A wake-up on every change to this instance's containers, as the engine reports them.
+    /// Ends when the event stream breaks (the engine restarted, say): events are only a
+    /// trigger, the caller re-reads everything and subscribes again.
+    pub fn changes(&self) -> impl futures_util::Stream<Item = Result<(), DockerError>> + '_ {
+        let mut filters = self.instance_filter();
+        filters.insert("type".into(), vec!["container".into()]);
+        let options = EventsOptionsBuilder::new().filters(&filters).build();
+        self.docker
+            .events(Some(options))
+            .map(|event| event.map(drop).map_err(api("follow events")))
     }
 
     /// Removes a container, killing it if it runs. Already gone counts as done.
@@ -485,27 +527,29 @@ impl Runtime {
             .force(true)
             .v(true)
             .build();
-        gone_is_fine(
-            self.docker.remove_container(id, Some(options)).await,
+        let result = within(
             "remove container",
+            self.docker.remove_container(id, Some(options)),
         )
+        .await?;
+        gone_is_fine(result, "remove container")
     }
 
     /// Removes an image by id. Already gone counts as done.
     pub async fn remove_image(&self, id: &str) -> Result<(), DockerError> {
         let options = RemoveImageOptionsBuilder::new().force(true).build();
-        gone_is_fine(
-            self.docker
-                .remove_image(id, Some(options), None)
-                .await
-                .map(drop),
+        let result = within(
             "remove image",
+            self.docker.remove_image(id, Some(options), None),
         )
+        .await?;
+        gone_is_fine(result.map(drop), "remove image")
     }
 
     /// Removes a network by id. Already gone counts as done.
     pub async fn remove_network(&self, id: &str) -> Result<(), DockerError> {
-        gone_is_fine(self.docker.remove_network(id).await, "remove network")
+        let result = within("remove network", self.docker.remove_network(id)).await?;
+        gone_is_fine(result, "remove network")
     }
 }
 

@@ -6,7 +6,6 @@ use std::io::BufRead;
 use std::path::Path;
 
 use crate::control;
-use crate::reconcile::plan::PreviewState;
 
 /// The hook script of `hooks/post-receive`, with this binary and state dir filled in, so it
 /// works when previewd is not on `PATH` (as under `cargo run`).
@@ -63,12 +62,7 @@ pub async fn post_receive(state_dir: &Path, input: impl BufRead, out: &mut impl 
         let line = match (row, update.deleted) {
             (_, true) => format!("{}: deleted, its preview is being removed", update.branch),
             (Some(row), false) => {
-                let state = match row.state {
-                    PreviewState::Building => "building",
-                    PreviewState::Live => "live",
-                    PreviewState::Failed => "failed",
-                };
-                format!("{}: {} ({state})", row.branch, row.url)
+                format!("{}: {} ({})", row.branch, row.url, row.state.as_str())
             }
             (None, false) => format!("{}: no preview (main, or merged into it)", update.branch),
         };

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 mod daemon;
 pub mod docker;
+mod events;
 mod health;
 mod hook;
 pub mod mirror;

@@ -3,8 +3,10 @@
 //! reports success, so the last good version serves until then.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use crate::docker::{self, DockerError, PreviewRef, Runtime};
@@ -25,41 +27,65 @@ pub struct DeployContext {
     pub records: state::Records,
     /// The preview's public URL, given to the app as `PREVIEW_URL`.
     pub url: String,
+    /// Build slots: builds beyond the configured concurrency wait here, in order.
+    pub builds: Arc<Semaphore>,
+    /// Where the deploy says it waits for, or got, a build slot.
+    pub phases: mpsc::UnboundedSender<Phase>,
+}
+
+/// A deploy's progress through the build queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phase {
+    pub slug: String,
+    pub commit: String,
+    pub queued: bool,
 }
 
 /// Why a deploy failed, with what the user needs to fix it.
 #[derive(Debug)]
 pub struct DeployFailure {
     pub log_tail: String,
+    /// The engine failed, not the commit: try again later instead of recording a failure.
+    pub transient: bool,
+}
+
+impl DeployFailure {
+    /// The commit itself failed: its build, its image or its app.
+    fn commit(log_tail: String) -> Self {
+        DeployFailure {
+            log_tail,
+            transient: false,
+        }
+    }
+}
+
+impl From<DockerError> for DeployFailure {
+    fn from(error: DockerError) -> Self {
+        let transient = !matches!(error, DockerError::Build(_) | DockerError::NoExposedPort);
+        DeployFailure {
+            log_tail: error.to_string(),
+            transient,
+        }
+    }
 }
 
 /// Runs the deploy to the end. On failure the new container (if any) is removed again, so
 /// nothing half-started is ever mistaken for a serving version.
 pub async fn deploy(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), DeployFailure> {
-    let fail = |text: String| DeployFailure { log_tail: text };
-    ctx.runtime
-        .ensure_network(preview)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    if !ctx.runtime.image_exists(preview).await {
+    let fail = DeployFailure::commit;
+    ctx.runtime.ensure_network(preview).await?;
+    if !ctx.runtime.image_exists(preview).await? {
+        let _slot = build_slot(ctx, preview).await;
         build(ctx, preview).await?;
     }
-    let port = ctx
-        .runtime
-        .exposed_port(preview)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let port = ctx.runtime.exposed_port(preview).await?;
     let env = vec![
         format!("PREVIEW_BRANCH={}", preview.branch),
         format!("PREVIEW_COMMIT={}", preview.commit),
         format!("PREVIEW_SLUG={}", preview.slug),
         format!("PREVIEW_URL={}", ctx.url),
     ];
-    let container = ctx
-        .runtime
-        .run(preview, port, env)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let container = ctx.runtime.run(preview, port, env).await?;
     let ready = match container.upstream {
         Some(upstream) => wait_ready(&ctx.runtime, &container.id, upstream).await,
         None => Err("the container stopped before it got an address".to_owned()),
@@ -74,8 +100,32 @@ pub async fn deploy(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), Dep
     Ok(())
 }
 
+/// Waits for a build slot, telling the reconciler while it waits so `ls` shows the queue.
+async fn build_slot(
+    ctx: &DeployContext,
+    preview: &PreviewRef,
+) -> tokio::sync::OwnedSemaphorePermit {
+    if let Ok(slot) = ctx.builds.clone().try_acquire_owned() {
+        return slot;
+    }
+    let phase = |queued| Phase {
+        slug: preview.slug.clone(),
+        commit: preview.commit.clone(),
+        queued,
+    };
+    let _ = ctx.phases.send(phase(true));
+    let slot = ctx
+        .builds
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the build semaphore is never closed");
+    let _ = ctx.phases.send(phase(false));
+    slot
+}
+
 async fn build(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), DeployFailure> {
-    let fail = |text: String| DeployFailure { log_tail: text };
+    let fail = DeployFailure::commit;
     let commit = git2::Oid::from_str(&preview.commit).map_err(|e| fail(e.to_string()))?;
     let mirror = ctx.mirror.clone();
     let labelled = ctx.runtime.image_labels(preview);
@@ -106,7 +156,7 @@ async fn build(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), DeployFa
                 .unwrap_or_default();
             Err(fail(state::tail(&text, LOG_TAIL_LINES)))
         }
-        Err(e) => Err(fail(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 

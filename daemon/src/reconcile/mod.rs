@@ -1,17 +1,18 @@
-//! The level-triggered loop: every trigger (hook poke, ref watcher, deploy finished, periodic
-//! resync) runs the same pass — read git, read Docker, [`plan::plan`], apply — and publishes a
-//! whole new route table. Triggers carry no payload, so a missed one costs nothing.
+//! The level-triggered loop: every trigger (hook poke, ref watcher, Docker event, deploy
+//! progress, periodic resync) runs the same pass — read git, read Docker, [`plan::plan`],
+//! apply — and publishes a whole new route table. Triggers carry no payload, so a missed one
+//! costs nothing.
 
 pub mod deploy;
 pub mod plan;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use previewd_proxy::{Route, RouteTable, SharedRoutes};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -20,8 +21,8 @@ use crate::docker::{DockerError, Inventory, PreviewRef, Runtime};
 use crate::mirror::{self, MirrorError};
 use crate::slug;
 use crate::state::Records;
-use deploy::{DeployContext, DeployFailure};
-use plan::{Action, FailedBuild, PreviewStatus, World};
+use deploy::{DeployContext, DeployFailure, Phase};
+use plan::{Action, FailedBuild, Flight, PreviewStatus, RetireGuard, Verdict, World};
 
 /// A request to reconcile now. A poke may ask for the previews' state after the pass.
 #[derive(Debug, Default)]
@@ -44,17 +45,37 @@ pub enum PassError {
 
 /// How often the world is re-read when nothing triggered a pass.
 const RESYNC: Duration = Duration::from_secs(30);
+/// A preview whose app stops this often within [`RESTART_WINDOW`] is marked failed.
+const RESTART_BUDGET: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(600);
+/// How long a mass removal waits for a second look.
+const RETIRE_CONFIRM: Duration = Duration::from_secs(10);
+/// First and longest wait before retrying a deploy the engine (not the commit) failed.
+const BACKOFF_FIRST: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 struct InFlight {
     commit: String,
     branch: String,
     since: SystemTime,
+    /// Waiting for a build slot.
+    queued: bool,
     abort: AbortHandle,
 }
 
-struct Outcome {
-    preview: PreviewRef,
-    result: Result<(), DeployFailure>,
+/// What deploy tasks tell the loop.
+enum Report {
+    Phase(Phase),
+    Done {
+        preview: PreviewRef,
+        result: Result<(), DeployFailure>,
+    },
+}
+
+/// A deploy the engine failed, to be retried no earlier than `at`.
+struct Backoff {
+    at: Instant,
+    delay: Duration,
 }
 
 pub struct Reconciler {
@@ -63,12 +84,19 @@ pub struct Reconciler {
     records: Records,
     routes: SharedRoutes,
     status: SharedStatus,
+    builds: Arc<Semaphore>,
     in_flight: BTreeMap<String, InFlight>,
     failed: BTreeMap<String, FailedBuild>,
     /// Slugs retired since start, answered with a "gone" page until reused.
     gone: BTreeSet<String>,
-    outcomes_tx: mpsc::UnboundedSender<Outcome>,
-    outcomes_rx: mpsc::UnboundedReceiver<Outcome>,
+    /// When previewd restarted each container that stopped, by container id.
+    restarts: HashMap<String, Vec<Instant>>,
+    backoff: BTreeMap<String, Backoff>,
+    guard: RetireGuard,
+    /// A pass is due then even without a trigger (a held removal, a backoff ending).
+    recheck_at: Option<Instant>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports_rx: mpsc::UnboundedReceiver<Report>,
 }
 
 impl Reconciler {
@@ -80,8 +108,10 @@ impl Reconciler {
     ) -> Self {
         let records = Records::new(&config.state_dir);
         let failed = records.load_failed();
-        let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         Reconciler {
+            builds: Arc::new(Semaphore::new(config.build_concurrency)),
+            guard: RetireGuard::new(config.mass_removal_threshold, RETIRE_CONFIRM),
             config,
             runtime,
             records,
@@ -90,8 +120,11 @@ impl Reconciler {
             in_flight: BTreeMap::new(),
             failed,
             gone: BTreeSet::new(),
-            outcomes_tx,
-            outcomes_rx,
+            restarts: HashMap::new(),
+            backoff: BTreeMap::new(),
+            recheck_at: None,
+            reports_tx,
+            reports_rx,
         }
     }
 
@@ -109,18 +142,20 @@ impl Reconciler {
         resync.tick().await;
         loop {
             let mut replies = Vec::new();
+            let recheck = self.recheck_at.map(tokio::time::Instant::from_std);
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(trigger) = triggers.recv() => replies.extend(trigger.reply),
-                Some(outcome) = self.outcomes_rx.recv() => self.settle(outcome),
+                Some(report) = self.reports_rx.recv() => self.settle(report),
                 _ = resync.tick() => {}
+                () = sleep_until(recheck), if recheck.is_some() => self.recheck_at = None,
             }
             // Everything that arrived meanwhile is answered by the same pass.
             while let Ok(trigger) = triggers.try_recv() {
                 replies.extend(trigger.reply);
             }
-            while let Ok(outcome) = self.outcomes_rx.try_recv() {
-                self.settle(outcome);
+            while let Ok(report) = self.reports_rx.try_recv() {
+                self.settle(report);
             }
             self.pass_logged().await;
             let rows = self.status.load_full();
@@ -133,43 +168,80 @@ impl Reconciler {
         }
     }
 
-    /// Records what a finished deploy reported.
-    fn settle(&mut self, outcome: Outcome) {
-        let slug = &outcome.preview.slug;
+    /// Records what a deploy reported.
+    fn settle(&mut self, report: Report) {
+        let (preview, result) = match report {
+            Report::Phase(phase) => {
+                if let Some(flight) = self.in_flight.get_mut(&phase.slug) {
+                    if flight.commit == phase.commit {
+                        flight.queued = phase.queued;
+                    }
+                }
+                return;
+            }
+            Report::Done { preview, result } => (preview, result),
+        };
+        let slug = &preview.slug;
         if self
             .in_flight
             .get(slug)
-            .is_some_and(|f| f.commit == outcome.preview.commit)
+            .is_some_and(|f| f.commit == preview.commit)
         {
             self.in_flight.remove(slug);
         }
-        match outcome.result {
+        match result {
             Ok(()) => {
-                tracing::info!(preview = %slug, commit = %outcome.preview.short(), "live");
-                self.failed.remove(slug);
-                self.records.clear_failed(slug);
+                tracing::info!(preview = %slug, commit = %preview.short(), "live");
+                self.backoff.remove(slug);
+                self.clear_failure(slug);
+            }
+            Err(failure) if failure.transient => {
+                let delay = self
+                    .backoff
+                    .get(slug)
+                    .map_or(BACKOFF_FIRST, |b| (b.delay * 2).min(BACKOFF_MAX));
+                tracing::warn!(preview = %slug, commit = %preview.short(), error = %failure.log_tail, retry_in = ?delay, "deploy interrupted by the engine");
+                self.backoff.insert(
+                    slug.clone(),
+                    Backoff {
+                        at: Instant::now() + delay,
+                        delay,
+                    },
+                );
             }
             Err(failure) => {
-                tracing::warn!(preview = %slug, commit = %outcome.preview.short(), "deploy failed");
-                let record = FailedBuild {
-                    branch: outcome.preview.branch.clone(),
-                    commit: outcome.preview.commit.clone(),
-                    log_tail: failure.log_tail,
-                };
-                if let Err(error) = self.records.save_failed(slug, &record) {
-                    tracing::warn!(preview = %slug, %error, "cannot save build record");
-                }
-                self.failed.insert(slug.clone(), record);
+                tracing::warn!(preview = %slug, commit = %preview.short(), "deploy failed");
+                self.record_failure(&preview, failure.log_tail);
             }
         }
     }
 
-    /// Observe, plan, apply, publish.
+    fn record_failure(&mut self, preview: &PreviewRef, log_tail: String) {
+        let record = FailedBuild {
+            branch: preview.branch.clone(),
+            commit: preview.commit.clone(),
+            log_tail,
+        };
+        if let Err(error) = self.records.save_failed(&preview.slug, &record) {
+            tracing::warn!(preview = %preview.slug, %error, "cannot save build record");
+        }
+        self.failed.insert(preview.slug.clone(), record);
+    }
+
+    fn clear_failure(&mut self, slug: &str) {
+        if self.failed.remove(slug).is_some() {
+            self.records.clear_failed(slug);
+        }
+    }
+
+    /// Observe, plan, publish, apply, publish.
     pub async fn pass(&mut self) -> Result<(), PassError> {
         let (mirror_path, main) = (self.config.mirror.clone(), self.config.main_branch.clone());
         let desired =
             tokio::task::spawn_blocking(move || mirror::scan(&mirror_path, &main)).await??;
         let inventory = self.runtime.inventory().await?;
+        let live_ids: BTreeSet<&str> = inventory.containers.iter().map(|c| c.id.as_str()).collect();
+        self.restarts.retain(|id, _| live_ids.contains(id.as_str()));
 
         let (wanted, retained) = self.assign(&desired, &inventory);
         let flights = self.flights();
@@ -180,9 +252,10 @@ impl Reconciler {
             in_flight: &flights,
             failed: &self.failed,
         };
-        let actions = plan::plan(&world);
+        let mut actions = plan::plan(&world);
         // Make before break: traffic moves to what serves now before anything is removed.
         self.publish(&world);
+        self.hold_doubtful(&mut actions);
         for action in actions {
             self.apply(action, &inventory).await;
         }
@@ -200,10 +273,70 @@ impl Reconciler {
         Ok(())
     }
 
-    fn flights(&self) -> BTreeMap<String, (String, SystemTime)> {
+    /// Drops what must wait: removals of many previews at once until a second look agrees,
+    /// and deploys in backoff after the engine failed them.
+    fn hold_doubtful(&mut self, actions: &mut Vec<Action>) {
+        let retiring: BTreeSet<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Retire { slug } => Some(slug.clone()),
+                _ => None,
+            })
+            .collect();
+        let now = Instant::now();
+        if let Verdict::HoldUntil(at) = self.guard.check(&retiring, now) {
+            tracing::warn!(
+                previews = retiring.len(),
+                threshold = self.config.mass_removal_threshold,
+                "many previews would be removed at once; waiting for a second look"
+            );
+            actions.retain(|a| !matches!(a, Action::Retire { .. }));
+            self.recheck(at);
+        }
+        self.backoff.retain(|_, b| b.at > now);
+        let mut next = None;
+        actions.retain(|a| match a {
+            Action::Deploy(p) | Action::Restart { preview: p, .. } => {
+                match self.backoff.get(&p.slug) {
+                    Some(b) => {
+                        next = Some(next.map_or(b.at, |n: Instant| n.min(b.at)));
+                        false
+                    }
+                    None => true,
+                }
+            }
+            _ => true,
+        });
+        if let Some(at) = next {
+            self.recheck(at);
+        }
+    }
+
+    fn recheck(&mut self, at: Instant) {
+        self.recheck_at = Some(self.recheck_at.map_or(at, |r| r.min(at)));
+    }
+
+    /// In-flight deploys as the planner sees them; queue places follow start order, which is
+    /// the order the build semaphore serves them in.
+    fn flights(&self) -> BTreeMap<String, Flight> {
+        let mut queued: Vec<(&SystemTime, &String)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.queued)
+            .map(|(slug, f)| (&f.since, slug))
+            .collect();
+        queued.sort();
         self.in_flight
             .iter()
-            .map(|(slug, f)| (slug.clone(), (f.commit.clone(), f.since)))
+            .map(|(slug, f)| {
+                let place = queued.iter().position(|(_, s)| *s == slug).map(|p| p + 1);
+                let flight = Flight {
+                    commit: f.commit.clone(),
+                    since: f.since,
+                    queue_position: place.filter(|_| f.queued),
+                };
+                (slug.clone(), flight)
+            })
             .collect()
     }
 
@@ -256,6 +389,7 @@ impl Reconciler {
     async fn apply(&mut self, action: Action, inventory: &Inventory) {
         match action {
             Action::Deploy(preview) => self.start_deploy(preview),
+            Action::Restart { preview, id } => self.restart(&preview, &id).await,
             Action::RemoveContainer { slug, id } => {
                 if let Err(error) = self.runtime.remove_container(&id).await {
                     tracing::warn!(preview = %slug, %error, "cannot remove superseded container");
@@ -273,17 +407,32 @@ impl Reconciler {
     fn start_deploy(&mut self, preview: PreviewRef) {
         tracing::info!(preview = %preview.slug, commit = %preview.short(), branch = %preview.branch, "deploying");
         self.gone.remove(&preview.slug);
+        let (phases_tx, mut phases_rx) = mpsc::unbounded_channel();
         let ctx = DeployContext {
             runtime: self.runtime.clone(),
             mirror: self.config.mirror.clone(),
             records: self.records.clone(),
             url: self.config.preview_url(&preview.slug),
+            builds: self.builds.clone(),
+            phases: phases_tx,
         };
-        let outcomes = self.outcomes_tx.clone();
+        let reports = self.reports_tx.clone();
         let task_preview = preview.clone();
         let task = tokio::spawn(async move {
-            let result = deploy::deploy(&ctx, &task_preview).await;
-            let _ = outcomes.send(Outcome {
+            // Phase reports go out while the deploy runs, so `ls` shows the queue.
+            let result = {
+                let deploy = deploy::deploy(&ctx, &task_preview);
+                tokio::pin!(deploy);
+                loop {
+                    tokio::select! {
+                        result = &mut deploy => break result,
+                        Some(phase) = phases_rx.recv() => {
+                            let _ = reports.send(Report::Phase(phase));
+                        }
+                    }
+                }
+            };
+            let _ = reports.send(Report::Done {
                 preview: task_preview,
                 result,
             });
@@ -294,9 +443,33 @@ impl Reconciler {
                 commit: preview.commit,
                 branch: preview.branch,
                 since: SystemTime::now(),
+                queued: false,
                 abort: task.abort_handle(),
             },
         );
+    }
+
+    /// Starts a preview's stopped app again, unless it already used its restart budget: then
+    /// the commit is marked failed with the app's last output, instead of restarting forever.
+    async fn restart(&mut self, preview: &PreviewRef, id: &str) {
+        let attempts = self.restarts.entry(id.to_owned()).or_default();
+        attempts.retain(|at| at.elapsed() < RESTART_WINDOW);
+        if attempts.len() >= RESTART_BUDGET {
+            let logs = self.runtime.log_tail(id, deploy::LOG_TAIL_LINES).await;
+            tracing::warn!(preview = %preview.slug, commit = %preview.short(), "app keeps stopping; giving up");
+            let text = format!(
+                "the app stopped {} times within {} minutes; previewd stopped restarting it. Push a fix to try again.\n\ncontainer output:\n{logs}",
+                attempts.len() + 1,
+                RESTART_WINDOW.as_secs() / 60
+            );
+            self.record_failure(preview, text);
+            return;
+        }
+        attempts.push(Instant::now());
+        tracing::info!(preview = %preview.slug, commit = %preview.short(), attempt = attempts.len(), "app stopped; starting it again");
+        if let Err(error) = self.runtime.start_container(id).await {
+            tracing::warn!(preview = %preview.slug, %error, "cannot restart container");
+        }
     }
 
     /// Removes everything of a merged or deleted branch: containers first (they hold the
@@ -327,8 +500,8 @@ impl Reconciler {
         }
         // Whatever is left (or appears from an aborted build) is retired on a later pass.
         if clean {
-            self.failed.remove(slug);
-            self.records.clear_failed(slug);
+            self.clear_failure(slug);
+            self.backoff.remove(slug);
         }
         self.gone.insert(slug.to_owned());
     }
@@ -347,5 +520,12 @@ impl Reconciler {
         self.routes.store(Arc::new(table));
         let rows = plan::statuses(world, |slug| self.config.preview_url(slug));
         self.status.store(Arc::new(rows));
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -3,7 +3,7 @@
 //! No I/O here, so every rule has a table test.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use previewd_proxy::Route;
 use serde::{Deserialize, Serialize};
@@ -19,13 +19,23 @@ pub struct World<'a> {
     pub retained: &'a BTreeSet<String>,
     /// What Docker holds for this instance.
     pub inventory: &'a Inventory,
-    /// Deploys running now: slug -> commit and start time.
-    pub in_flight: &'a BTreeMap<String, (String, SystemTime)>,
-    /// Last failed attempt per slug: commit and log tail.
+    /// Deploys running now, by slug.
+    pub in_flight: &'a BTreeMap<String, Flight>,
+    /// Last failure per slug: a commit that failed to build, start or keep running.
     pub failed: &'a BTreeMap<String, FailedBuild>,
 }
 
-/// A build or start that failed, kept so the same commit is not retried in a loop.
+/// A deploy in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flight {
+    pub commit: String,
+    /// When the deploy was started (shown on the building page).
+    pub since: SystemTime,
+    /// Place in the build queue, 1 first; `None` once building (or when no build is needed).
+    pub queue_position: Option<usize>,
+}
+
+/// A commit that failed, kept so it is not retried in a loop. A new push clears it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedBuild {
     pub branch: String,
@@ -37,6 +47,8 @@ pub struct FailedBuild {
 pub enum Action {
     /// Build the commit if its image is missing, run it, wait until it answers.
     Deploy(PreviewRef),
+    /// The tip's container stopped: start it again (within a budget the caller keeps).
+    Restart { preview: PreviewRef, id: String },
     /// A container the preview no longer needs: superseded by a live newer one, or dead.
     RemoveContainer { slug: String, id: String },
     /// An image no container of the preview uses and that is not the wanted commit.
@@ -49,9 +61,22 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PreviewState {
+    /// Waiting for a build slot.
+    Queued,
     Building,
     Live,
     Failed,
+}
+
+impl PreviewState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreviewState::Queued => "queued",
+            PreviewState::Building => "building",
+            PreviewState::Live => "live",
+            PreviewState::Failed => "failed",
+        }
+    }
 }
 
 /// One row of `previewd ls`.
@@ -63,13 +88,26 @@ pub struct PreviewStatus {
     pub commit: String,
     pub state: PreviewState,
     pub url: String,
+    /// Place in the build queue while `queued`, 1 first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<usize>,
 }
 
 impl World<'_> {
+    fn deploying(&self, slug: &str) -> Option<&str> {
+        self.in_flight.get(slug).map(|f| f.commit.as_str())
+    }
+
+    fn failed_at(&self, preview: &PreviewRef) -> bool {
+        self.failed
+            .get(&preview.slug)
+            .is_some_and(|f| f.commit == preview.commit)
+    }
+
     /// The running container that serves `slug` at `commit`, if it may take traffic: a
     /// container whose deploy is still running has not been health-checked yet.
     fn serving(&self, slug: &str, commit: &str) -> Option<&ContainerInfo> {
-        let deploying = self.in_flight.get(slug).map(|(c, _)| c.as_str());
+        let deploying = self.deploying(slug);
         self.inventory.containers.iter().find(|c| {
             c.slug == slug
                 && c.commit == commit
@@ -82,7 +120,7 @@ impl World<'_> {
     /// The container to route to: the tip's if it serves, else the last good version's.
     fn last_good(&self, preview: &PreviewRef) -> Option<&ContainerInfo> {
         self.serving(&preview.slug, &preview.commit).or_else(|| {
-            let deploying = self.in_flight.get(&preview.slug).map(|(c, _)| c.as_str());
+            let deploying = self.deploying(&preview.slug);
             self.inventory.containers.iter().find(|c| {
                 c.slug == preview.slug
                     && c.running
@@ -98,22 +136,10 @@ pub fn plan(world: &World<'_>) -> Vec<Action> {
     let mut actions = Vec::new();
     for (slug, preview) in world.wanted {
         let tip_serves = world.serving(slug, &preview.commit).is_some();
-        let deploying = world.in_flight.contains_key(slug);
-        if !tip_serves && !deploying {
-            let failed_here = world
-                .failed
-                .get(slug)
-                .is_some_and(|f| f.commit == preview.commit);
-            if !failed_here {
-                actions.push(Action::Deploy(preview.clone()));
-            }
-        }
-        if deploying {
+        if world.in_flight.contains_key(slug) {
             // The deploy owns the preview's objects until it reports back.
             continue;
         }
-        // Superseded by a serving tip, or dead and not the tip: nothing will route to it again.
-        let doomed = |c: &ContainerInfo| c.commit != preview.commit && (tip_serves || !c.running);
         let containers = || {
             world
                 .inventory
@@ -121,6 +147,18 @@ pub fn plan(world: &World<'_>) -> Vec<Action> {
                 .iter()
                 .filter(|c| &c.slug == slug)
         };
+        if !tip_serves && !world.failed_at(preview) {
+            let stopped_tip = containers().find(|c| c.commit == preview.commit && !c.running);
+            actions.push(match stopped_tip {
+                Some(c) => Action::Restart {
+                    preview: preview.clone(),
+                    id: c.id.clone(),
+                },
+                None => Action::Deploy(preview.clone()),
+            });
+        }
+        // Superseded by a serving tip, or dead and not the tip: nothing will route to it again.
+        let doomed = |c: &ContainerInfo| c.commit != preview.commit && (tip_serves || !c.running);
         for c in containers().filter(|c| doomed(c)) {
             actions.push(Action::RemoveContainer {
                 slug: slug.clone(),
@@ -165,11 +203,7 @@ pub fn routes(world: &World<'_>) -> BTreeMap<String, Route> {
                 Route::Live {
                     upstream: c.upstream.expect("serving containers have an upstream"),
                 }
-            } else if let Some(f) = world
-                .failed
-                .get(slug)
-                .filter(|f| f.commit == preview.commit)
-            {
+            } else if let Some(f) = world.failed.get(slug).filter(|_| world.failed_at(preview)) {
                 Route::Failed {
                     commit: f.commit.clone(),
                     log_tail: f.log_tail.clone(),
@@ -180,7 +214,7 @@ pub fn routes(world: &World<'_>) -> BTreeMap<String, Route> {
                     since: world
                         .in_flight
                         .get(slug)
-                        .map_or_else(SystemTime::now, |(_, since)| *since),
+                        .map_or_else(SystemTime::now, |f| f.since),
                 }
             };
             (slug.clone(), route)
@@ -194,18 +228,13 @@ pub fn statuses(world: &World<'_>, url: impl Fn(&str) -> String) -> Vec<PreviewS
         .wanted
         .iter()
         .map(|(slug, preview)| {
-            let state = if world.in_flight.contains_key(slug) {
-                PreviewState::Building
-            } else if world.serving(slug, &preview.commit).is_some() {
-                PreviewState::Live
-            } else if world
-                .failed
-                .get(slug)
-                .is_some_and(|f| f.commit == preview.commit)
-            {
-                PreviewState::Failed
-            } else {
-                PreviewState::Building
+            let flight = world.in_flight.get(slug);
+            let state = match flight {
+                Some(f) if f.queue_position.is_some() => PreviewState::Queued,
+                Some(_) => PreviewState::Building,
+                None if world.serving(slug, &preview.commit).is_some() => PreviewState::Live,
+                None if world.failed_at(preview) => PreviewState::Failed,
+                None => PreviewState::Building,
             };
             PreviewStatus {
                 branch: preview.branch.clone(),
@@ -213,9 +242,60 @@ pub fn statuses(world: &World<'_>, url: impl Fn(&str) -> String) -> Vec<PreviewS
                 commit: preview.commit.clone(),
                 state,
                 url: url(slug),
+                queue_position: flight.and_then(|f| f.queue_position),
             }
         })
         .collect()
+}
+
+/// Never destroy on doubt: a pass that would retire more than `threshold` previews at once
+/// (a mirror replaced by an empty one, a ref store half rewritten) waits until a second look,
+/// `delay` later, still wants at least as much gone.
+#[derive(Debug)]
+pub struct RetireGuard {
+    threshold: usize,
+    delay: Duration,
+    pending: Option<(BTreeSet<String>, Instant)>,
+}
+
+/// What a [`RetireGuard`] says of one pass's retirements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Proceed,
+    /// Retire nothing now; look again at this instant.
+    HoldUntil(Instant),
+}
+
+impl RetireGuard {
+    pub fn new(threshold: usize, delay: Duration) -> Self {
+        RetireGuard {
+            threshold,
+            delay,
+            pending: None,
+        }
+    }
+
+    pub fn check(&mut self, retiring: &BTreeSet<String>, now: Instant) -> Verdict {
+        if retiring.len() <= self.threshold {
+            self.pending = None;
+            return Verdict::Proceed;
+        }
+        match &self.pending {
+            Some((seen, since)) if retiring.is_subset(seen) => {
+                let due = *since + self.delay;
+                if now >= due {
+                    self.pending = None;
+                    Verdict::Proceed
+                } else {
+                    Verdict::HoldUntil(due)
+                }
+            }
+            _ => {
+                self.pending = Some((retiring.clone(), now));
+                Verdict::HoldUntil(now + self.delay)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -270,7 +350,14 @@ mod tests {
             let in_flight = self
                 .in_flight
                 .iter()
-                .map(|(s, c)| (s.to_string(), (c.to_string(), SystemTime::UNIX_EPOCH)))
+                .map(|(s, c)| {
+                    let flight = Flight {
+                        commit: c.to_string(),
+                        since: SystemTime::UNIX_EPOCH,
+                        queue_position: None,
+                    };
+                    (s.to_string(), flight)
+                })
                 .collect();
             let failed = self
                 .failed
@@ -434,8 +521,8 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_tip_container_is_redeployed() {
-        let case = Case {
+    fn a_dead_tip_container_is_restarted_not_rebuilt() {
+        let mut case = Case {
             wanted: vec![preview("a", NEW)],
             inventory: Inventory {
                 containers: vec![container("c", "a", NEW, false)],
@@ -443,7 +530,113 @@ mod tests {
             },
             ..Case::default()
         };
-        assert_eq!(case.run(plan), vec![Action::Deploy(preview("a", NEW))]);
+        assert_eq!(
+            case.run(plan),
+            vec![Action::Restart {
+                preview: preview("a", NEW),
+                id: "c".into()
+            }]
+        );
+        assert!(matches!(case.run(routes)["a"], Route::Building { .. }));
+
+        // Out of restarts: the failure is recorded and shown, nothing more is tried.
+        case.failed = vec![("a", NEW)];
+        assert_eq!(case.run(plan), vec![]);
+        assert!(matches!(case.run(routes)["a"], Route::Failed { .. }));
+    }
+
+    #[test]
+    fn a_dead_old_container_goes_once_the_tip_serves() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![
+                    container("old", "a", OLD, false),
+                    container("new", "a", NEW, true),
+                ],
+                ..Inventory::default()
+            },
+            ..Case::default()
+        };
+        assert_eq!(
+            case.run(plan),
+            vec![Action::RemoveContainer {
+                slug: "a".into(),
+                id: "old".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn queued_deploys_show_their_place() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            in_flight: vec![("a", NEW)],
+            ..Case::default()
+        };
+        let rows = case.run(|w| {
+            let mut flights = w.in_flight.clone();
+            flights.get_mut("a").unwrap().queue_position = Some(2);
+            statuses(
+                &World {
+                    in_flight: &flights,
+                    ..*w
+                },
+                |s| s.into(),
+            )
+        });
+        assert_eq!(rows[0].state, PreviewState::Queued);
+        assert_eq!(rows[0].queue_position, Some(2));
+        let json = serde_json::to_value(&rows[0]).unwrap();
+        assert_eq!(json["state"], "queued");
+        assert_eq!(json["queue_position"], 2);
+    }
+
+    fn slugs(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_few_retirements_proceed_at_once() {
+        let mut guard = RetireGuard::new(3, Duration::from_secs(10));
+        let now = Instant::now();
+        assert_eq!(guard.check(&slugs(&["a", "b", "c"]), now), Verdict::Proceed);
+        assert_eq!(guard.check(&slugs(&[]), now), Verdict::Proceed);
+    }
+
+    #[test]
+    fn many_retirements_wait_for_a_second_look() {
+        let mut guard = RetireGuard::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let all = slugs(&["a", "b", "c", "d"]);
+        assert_eq!(
+            guard.check(&all, t0),
+            Verdict::HoldUntil(t0 + Duration::from_secs(10))
+        );
+        // Too early: still held.
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(
+            guard.check(&all, t1),
+            Verdict::HoldUntil(t0 + Duration::from_secs(10))
+        );
+        // The second look agrees: go.
+        let t2 = t0 + Duration::from_secs(10);
+        assert_eq!(guard.check(&all, t2), Verdict::Proceed);
+    }
+
+    #[test]
+    fn a_second_look_that_disagrees_starts_over() {
+        let mut guard = RetireGuard::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        guard.check(&slugs(&["a", "b", "c", "d"]), t0);
+        // The mirror came back: nothing to retire, and the doubt is forgotten.
+        let t1 = t0 + Duration::from_secs(11);
+        assert_eq!(guard.check(&slugs(&[]), t1), Verdict::Proceed);
+        let wider = slugs(&["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            guard.check(&wider, t1),
+            Verdict::HoldUntil(t1 + Duration::from_secs(10))
+        );
     }
 
     #[test]
