@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::merged::MergedRule;
+
 /// Flags of `previewd run`. Every one of them can also be set in the `--config` file.
 #[derive(Debug, Default, Args)]
 pub struct RunArgs {
@@ -43,6 +45,10 @@ pub struct RunArgs {
     /// Removing more previews than this in one pass waits for a second look [default: 3]
     #[arg(long, value_name = "N")]
     pub mass_removal_threshold: Option<usize>,
+    /// When a branch counts as merged: `ancestry` (its tip is in main), or `patch-id` (also
+    /// when all its changes are in main, as after a squash or rebase merge) [default: patch-id]
+    #[arg(long, value_name = "RULE")]
+    pub merged: Option<String>,
 }
 
 /// The `--config` file as written. Keys mirror the long flags, with `_` for `-`.
@@ -59,6 +65,7 @@ struct FileConfig {
     docker_host: Option<String>,
     build_concurrency: Option<usize>,
     mass_removal_threshold: Option<usize>,
+    merged: Option<String>,
 }
 
 /// Validated settings of a running daemon.
@@ -79,6 +86,7 @@ pub struct Config {
     pub build_concurrency: usize,
     /// Retiring more previews than this in one pass needs a second pass to agree.
     pub mass_removal_threshold: usize,
+    pub merged: MergedRule,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +113,8 @@ pub enum ConfigError {
     MainBranch(String),
     #[error("invalid build_concurrency 0: at least one build must be able to run")]
     NoBuilds,
+    #[error("invalid merged rule {0:?}: expected \"patch-id\" or \"ancestry\"")]
+    MergedRule(String),
 }
 
 impl Config {
@@ -136,6 +146,11 @@ impl Config {
             build_concurrency: match pick(&args.build_concurrency, file.build_concurrency, || 1) {
                 0 => return Err(ConfigError::NoBuilds),
                 n => n,
+            },
+            merged: match pick(&args.merged, file.merged, || "patch-id".into()).as_str() {
+                "patch-id" => MergedRule::PatchId,
+                "ancestry" => MergedRule::Ancestry,
+                other => return Err(ConfigError::MergedRule(other.to_owned())),
             },
             mass_removal_threshold: pick(
                 &args.mass_removal_threshold,
@@ -253,6 +268,7 @@ mod tests {
         assert_eq!(c.docker_host, None);
         assert_eq!(c.build_concurrency, 1);
         assert_eq!(c.mass_removal_threshold, 3);
+        assert_eq!(c.merged, MergedRule::PatchId);
         assert_eq!(c.socket_path(), PathBuf::from(".previewd/previewd.sock"));
     }
 
@@ -314,6 +330,7 @@ mod tests {
             ("main = \"\"", "invalid main branch"),
             ("main = \"a..b\"", "invalid main branch"),
             ("build_concurrency = 0", "invalid build_concurrency"),
+            ("merged = \"squash\"", "invalid merged rule"),
         ] {
             let err = from_toml(text).unwrap_err().to_string();
             assert!(err.starts_with(expect), "{text}: {err}");

@@ -2,12 +2,15 @@
 //! and turning a commit's tree into a Docker build context. Everything here is blocking git2
 //! work: callers run it inside `spawn_blocking` and get owned data back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use git2::{ObjectType, Oid, Repository, RepositoryInitOptions, TreeWalkMode, TreeWalkResult};
+
+use crate::dockerignore::{DockerIgnore, DockerIgnoreError, Verdict};
+use crate::merged::{self, MergedRule, PatchIdCache};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -50,6 +53,12 @@ pub enum MirrorError {
     },
     #[error("cannot write build context: {0}")]
     Tar(#[source] std::io::Error),
+    #[error("cannot use .dockerignore at commit {commit}: {source}")]
+    DockerIgnore {
+        commit: Oid,
+        #[source]
+        source: DockerIgnoreError,
+    },
 }
 
 /// What git says should have a preview, read in one pass over the refs.
@@ -102,7 +111,12 @@ pub fn install_hook(mirror: &Path, script: &str) -> Result<(), MirrorError> {
 ///
 /// Fails only when the refs cannot be listed at all; a single unreadable branch is reported in
 /// [`Desired::unreadable`] and the others are still answered.
-pub fn scan(path: &Path, main_branch: &str) -> Result<Desired, MirrorError> {
+pub fn scan(
+    path: &Path,
+    main_branch: &str,
+    rule: MergedRule,
+    cache: &mut PatchIdCache,
+) -> Result<Desired, MirrorError> {
     let repo = Repository::open_bare(path).map_err(|source| MirrorError::Open {
         path: path.to_owned(),
         source,
@@ -133,7 +147,10 @@ pub fn scan(path: &Path, main_branch: &str) -> Result<Desired, MirrorError> {
     }
     for (name, tip) in tips {
         match tip {
-            Ok(tip) => match is_merged(&repo, tip, desired.main) {
+            // Without a main branch yet, nothing can have been merged into it.
+            Ok(tip) => match desired.main.map_or(Ok(false), |main| {
+                merged::is_merged(&repo, tip, main, rule, cache)
+            }) {
                 Ok(true) => {}
                 Ok(false) => {
                     desired.branches.insert(name, tip);
@@ -150,19 +167,15 @@ pub fn scan(path: &Path, main_branch: &str) -> Result<Desired, MirrorError> {
     Ok(desired)
 }
 
-/// Merged means the tip is main's tip or one of its ancestors.
-fn is_merged(repo: &Repository, tip: Oid, main: Option<Oid>) -> Result<bool, git2::Error> {
-    match main {
-        None => Ok(false),
-        Some(main) if main == tip => Ok(true),
-        Some(main) => repo.graph_descendant_of(main, tip),
-    }
-}
-
 /// The tree at `commit` as an uncompressed tar, the Docker build context. Read straight from
 /// the object database: there is no working tree. Submodules are left out (their commits are
 /// not in this repository). Every entry gets the commit's time, so a tree always gives the same
 /// bytes. The root `Dockerfile` goes through `edit_dockerfile` on its way in.
+///
+/// The root `.dockerignore` is applied as the docker CLI applies it (the engine does not, for a
+/// tar context): excluded entries are left out, and an excluded directory is not walked unless
+/// an exception may re-include something beneath it. The root `Dockerfile` and `.dockerignore`
+/// are always sent, whatever the patterns say, as the CLI does.
 pub fn context_tar(
     mirror: &Path,
     commit: Oid,
@@ -176,12 +189,31 @@ pub fn context_tar(
     let commit_obj = repo.find_commit(commit).map_err(commit_err)?;
     let tree = commit_obj.tree().map_err(commit_err)?;
     let mtime = u64::try_from(commit_obj.time().seconds()).unwrap_or(0);
+    let ignore = read_dockerignore(&repo, &tree, commit)?;
 
     let mut tar = tar::Builder::new(Vec::new());
     let mut failure: Option<MirrorError> = None;
+    // The verdict on each directory walked into, keyed like the walk's `dir` ("a/b/"), so each
+    // entry is matched once, against its parent's result, as Docker's walk does.
+    let mut dir_verdicts: HashMap<String, Verdict> = HashMap::new();
     tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         let mut path = dir.as_bytes().to_vec();
         path.extend_from_slice(entry.name_bytes());
+        // Names are bytes; a name that is not UTF-8 is matched with replacement characters.
+        let text = String::from_utf8_lossy(&path);
+        let verdict = ignore.check(&text, dir_verdicts.get(dir));
+        let excluded = verdict.excluded() && !ALWAYS_SENT.contains(&path.as_slice());
+        if entry.kind() == Some(ObjectType::Tree) {
+            if excluded && !ignore.may_reinclude_under(&text) {
+                return TreeWalkResult::Skip;
+            }
+            dir_verdicts.insert(format!("{text}/"), verdict);
+        }
+        if excluded {
+            // An excluded directory that is still walked is itself left out, as Docker does;
+            // the engine creates it when it unpacks a re-included file beneath it.
+            return TreeWalkResult::Ok;
+        }
         let edit: Option<&DockerfileEdit<'_>> = if path == b"Dockerfile" {
             Some(&edit_dockerfile)
         } else {
@@ -208,6 +240,43 @@ pub fn context_tar(
         return Err(e);
     }
     tar.into_inner().map_err(MirrorError::Tar)
+}
+
+/// Root entries the docker CLI sends even when `.dockerignore` excludes them: the engine needs
+/// the Dockerfile, and the CLI keeps the ignore file with it.
+const ALWAYS_SENT: [&[u8]; 2] = [b"Dockerfile", b".dockerignore"];
+
+/// The patterns of the root `.dockerignore` at this commit; none when there is no such file. A
+/// symlink is followed one step inside the tree, as the CLI would follow it in a checkout; one
+/// that leads nowhere in the tree counts as no file, like a dangling link for the CLI.
+fn read_dockerignore(
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    commit: Oid,
+) -> Result<DockerIgnore, MirrorError> {
+    const NAME: &str = ".dockerignore";
+    let tree_err = |source| MirrorError::Tree {
+        commit,
+        path: NAME.to_owned(),
+        source,
+    };
+    let Some(mut entry) = tree.get_name(NAME).map(|e| e.to_owned()) else {
+        return Ok(DockerIgnore::default());
+    };
+    if entry.kind() == Some(ObjectType::Blob) && entry.filemode() == 0o120000 {
+        let link = repo.find_blob(entry.id()).map_err(tree_err)?;
+        match tree.get_path(Path::new(OsStr::from_bytes(link.content()))) {
+            Ok(target) => entry = target,
+            Err(_) => return Ok(DockerIgnore::default()),
+        }
+    }
+    // A directory, a submodule or a link to a link: not read, rather than guessed at.
+    if entry.kind() != Some(ObjectType::Blob) || entry.filemode() == 0o120000 {
+        return Ok(DockerIgnore::default());
+    }
+    let blob = repo.find_blob(entry.id()).map_err(tree_err)?;
+    DockerIgnore::parse(&String::from_utf8_lossy(blob.content()))
+        .map_err(|source| MirrorError::DockerIgnore { commit, source })
 }
 
 /// Rewrites the root Dockerfile's bytes on their way into the build context.
@@ -332,7 +401,13 @@ mod tests {
     #[test]
     fn scan_skips_main_and_merged_branches() {
         let (_tmp, mirror, _work) = fixture();
-        let desired = scan(&mirror, "main").unwrap();
+        let desired = scan(
+            &mirror,
+            "main",
+            MergedRule::PatchId,
+            &mut PatchIdCache::new(),
+        )
+        .unwrap();
         assert!(desired.main.is_some());
         assert_eq!(
             desired.branches.keys().collect::<Vec<_>>(),
@@ -344,7 +419,13 @@ mod tests {
     #[test]
     fn without_main_nothing_counts_as_merged() {
         let (_tmp, mirror, _work) = fixture();
-        let desired = scan(&mirror, "trunk").unwrap();
+        let desired = scan(
+            &mirror,
+            "trunk",
+            MergedRule::PatchId,
+            &mut PatchIdCache::new(),
+        )
+        .unwrap();
         assert_eq!(desired.main, None);
         assert_eq!(desired.branches.len(), 3, "{desired:?}");
     }
@@ -352,13 +433,26 @@ mod tests {
     #[test]
     fn a_missing_mirror_is_an_error_not_an_empty_scan() {
         let tmp = tempfile::tempdir().unwrap();
-        assert!(scan(&tmp.path().join("nope.git"), "main").is_err());
+        assert!(scan(
+            &tmp.path().join("nope.git"),
+            "main",
+            MergedRule::PatchId,
+            &mut PatchIdCache::new()
+        )
+        .is_err());
     }
 
     #[test]
     fn context_has_files_modes_and_symlinks() {
         let (_tmp, mirror, _work) = fixture();
-        let tip = scan(&mirror, "main").unwrap().branches["feature/open"];
+        let tip = scan(
+            &mirror,
+            "main",
+            MergedRule::PatchId,
+            &mut PatchIdCache::new(),
+        )
+        .unwrap()
+        .branches["feature/open"];
         let edit = |d: &[u8]| [d, b"LABEL x=y\n"].concat();
         let bytes = context_tar(&mirror, tip, edit).unwrap();
         let mut archive = tar::Archive::new(bytes.as_slice());
@@ -389,6 +483,117 @@ mod tests {
             context_tar(&mirror, tip, edit).unwrap(),
             bytes,
             "deterministic"
+        );
+    }
+
+    /// Commits `files` on a new branch `name` of the fixture's work repository, pushes it and
+    /// returns its tip in the mirror.
+    fn push_branch(work: &Path, mirror: &Path, name: &str, files: &[(&str, &str)]) -> Oid {
+        git(work, &["checkout", "-q", "-b", name]);
+        for (path, body) in files {
+            let path = work.join(path);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).unwrap();
+            }
+            std::fs::write(path, body).unwrap();
+        }
+        git(work, &["add", "-A"]);
+        git(work, &["commit", "-q", "-m", name]);
+        git(work, &["push", "-q", "m", name]);
+        Repository::open_bare(mirror)
+            .unwrap()
+            .refname_to_id(&format!("refs/heads/{name}"))
+            .unwrap()
+    }
+
+    /// Path and body of every entry of a context (empty for directories).
+    fn context_entries(bytes: &[u8]) -> BTreeMap<String, String> {
+        let mut archive = tar::Archive::new(bytes);
+        let mut seen = BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut body = String::new();
+            if entry.header().entry_type().is_file() {
+                entry.read_to_string(&mut body).unwrap();
+            }
+            seen.insert(path, body);
+        }
+        seen
+    }
+
+    #[test]
+    fn context_leaves_out_what_dockerignore_excludes() {
+        let (_tmp, mirror, work) = fixture();
+        let ignore = "# not a pattern\n*.log\nnode_modules\ndocs\n!docs/README.md\nDockerfile\n.dockerignore\n";
+        let tip = push_branch(
+            &work,
+            &mirror,
+            "feature/ignore",
+            &[
+                (".dockerignore", ignore),
+                ("debug.log", "x"),
+                ("www/kept.log", "kept"),
+                ("node_modules/a/b.js", "x"),
+                ("docs/README.md", "readme"),
+                ("docs/guide.md", "x"),
+            ],
+        );
+        let edit = |d: &[u8]| [d, b"LABEL x=y\n"].concat();
+        let seen = context_entries(&context_tar(&mirror, tip, edit).unwrap());
+        for gone in [
+            "debug.log",
+            "node_modules",
+            "node_modules/a",
+            "node_modules/a/b.js",
+            "docs/guide.md",
+            // Excluded itself, walked only for the exception beneath it.
+            "docs",
+        ] {
+            assert!(!seen.contains_key(gone), "{gone} was sent: {seen:?}");
+        }
+        assert_eq!(seen["docs/README.md"], "readme");
+        assert_eq!(seen["www/kept.log"], "kept", "`*.log` is for the root only");
+        assert_eq!(seen["Dockerfile"], "FROM scratch\nLABEL x=y\n");
+        assert_eq!(seen[".dockerignore"], ignore);
+        assert!(seen.contains_key("www/index.html"));
+        assert!(seen.contains_key("run.sh"));
+    }
+
+    #[test]
+    fn a_symlinked_dockerignore_is_followed_inside_the_tree() {
+        let (_tmp, mirror, work) = fixture();
+        std::os::unix::fs::symlink("config/ignore", work.join(".dockerignore")).unwrap();
+        let tip = push_branch(
+            &work,
+            &mirror,
+            "feature/linked",
+            &[("config/ignore", "secret.env\n"), ("secret.env", "x")],
+        );
+        let seen = context_entries(&context_tar(&mirror, tip, |d: &[u8]| d.to_vec()).unwrap());
+        assert!(!seen.contains_key("secret.env"), "{seen:?}");
+        assert!(seen.contains_key("config/ignore"));
+    }
+
+    #[test]
+    fn a_malformed_dockerignore_fails_the_context() {
+        let (_tmp, mirror, work) = fixture();
+        let tip = push_branch(
+            &work,
+            &mirror,
+            "feature/bad",
+            &[(".dockerignore", "ok\n[a\n")],
+        );
+        let err = context_tar(&mirror, tip, |d: &[u8]| d.to_vec()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MirrorError::DockerIgnore {
+                    source: DockerIgnoreError::BadPattern { line: 2, .. },
+                    ..
+                }
+            ),
+            "{err:?}"
         );
     }
 }

@@ -62,6 +62,8 @@ pub struct Env {
     pub https_port: u16,
     pub http_port: u16,
     binary: PathBuf,
+    /// The engine the daemon and the Docker checks talk to; `None` is the default engine.
+    docker_host: Option<String>,
     daemon: Option<Child>,
     starts: usize,
 }
@@ -94,6 +96,7 @@ impl Env {
             https_port: free_port(),
             http_port: free_port(),
             binary: PathBuf::from(binary),
+            docker_host: None,
             daemon: None,
             starts: 0,
         };
@@ -113,18 +116,42 @@ impl Env {
         &self.binary
     }
 
+    /// Points this world at the engine `host` (`unix:///…`) instead of the default one: the
+    /// daemon gets `--docker-host`, and [`Env::objects`], [`Env::inspect`] and the clean-up
+    /// on drop ask that engine. Call it before [`Env::start`].
+    pub fn set_docker_host(&mut self, host: &str) {
+        assert!(
+            self.daemon.is_none(),
+            "set the Docker host before starting the daemon"
+        );
+        self.docker_host = Some(host.to_owned());
+    }
+
+    /// The `docker` CLI, talking to this world's engine.
+    fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        if let Some(host) = &self.docker_host {
+            cmd.args(["-H", host]);
+        }
+        cmd
+    }
+
     /// Starts the daemon and waits until its control socket answers.
     pub fn start(&mut self) {
         assert!(self.daemon.is_none(), "daemon already running");
         self.starts += 1;
         let log = std::fs::File::create(self.root.join(format!("daemon-{}.log", self.starts)))
             .expect("daemon log");
-        let child = Command::new(&self.binary)
-            .args(["run", "--state-dir"])
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(["run", "--state-dir"])
             .arg(&self.state)
             .args(["--domain", DOMAIN, "--instance", &self.instance])
             .args(["--https-listen", &format!("127.0.0.1:{}", self.https_port)])
-            .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)]);
+        if let Some(host) = &self.docker_host {
+            cmd.args(["--docker-host", host]);
+        }
+        let child = cmd
             .env("RUST_LOG", "previewd=debug,previewd_proxy=info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -156,6 +183,14 @@ impl Env {
         let _ = child.kill();
         let _ = child.wait();
         panic!("previewd did not stop within 20 s of SIGTERM");
+    }
+
+    /// Kills the daemon with SIGKILL: no cleanup, no goodbye, as a crash or OOM kill would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Whether the daemon process is still alive.
@@ -285,7 +320,7 @@ impl Env {
     /// Ids of Docker objects of this instance: `kind` is `container`, `image` or `network`;
     /// `filters` are extra `label=...` filters.
     pub fn objects(&self, kind: &str, filters: &[&str]) -> Vec<String> {
-        let mut cmd = Command::new("docker");
+        let mut cmd = self.docker();
         match kind {
             "container" => cmd.args(["ps", "-a", "-q", "--no-trunc"]),
             "image" => cmd.args(["images", "-q", "--no-trunc"]),
@@ -316,7 +351,7 @@ impl Env {
 
     /// `docker inspect -f <format> <id>`.
     pub fn inspect(&self, id: &str, format: &str) -> String {
-        let out = run(Command::new("docker").args(["inspect", "-f", format, id]));
+        let out = run(self.docker().args(["inspect", "-f", format, id]));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -339,14 +374,15 @@ impl Env {
             (&["images", "-q"][..], &["rmi", "-f"][..]),
             (&["network", "ls", "-q"][..], &["network", "rm"][..]),
         ] {
-            let out = run(Command::new("docker").args(list).args(["--filter", &label]));
+            let out = run(self.docker().args(list).args(["--filter", &label]));
             let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .map(str::to_owned)
                 .collect();
             ids.dedup();
             if !ids.is_empty() {
-                let _ = Command::new("docker")
+                let _ = self
+                    .docker()
                     .args(remove)
                     .args(&ids)
                     .stdout(Stdio::null())

@@ -7,7 +7,7 @@ pub mod deploy;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -18,11 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::docker::{DockerError, Inventory, PreviewRef, Runtime};
+use crate::merged::PatchIdCache;
 use crate::mirror::{self, MirrorError};
 use crate::slug;
 use crate::state::Records;
 use deploy::{DeployContext, DeployFailure, Phase};
-use plan::{Action, FailedBuild, Flight, PreviewStatus, RetireGuard, Verdict, World};
+use plan::{Action, FailedBuild, Flight, PreviewStatus, RetireGuard, Unreadable, Verdict, World};
 
 /// A request to reconcile now. A poke may ask for the previews' state after the pass.
 #[derive(Debug, Default)]
@@ -93,6 +94,10 @@ pub struct Reconciler {
     restarts: HashMap<String, Vec<Instant>>,
     backoff: BTreeMap<String, Backoff>,
     guard: RetireGuard,
+    /// Unreadable branches already logged, so each is logged once, not every pass.
+    unreadable_reported: BTreeMap<String, String>,
+    /// Patch ids of commits already seen, so "merged" stays cheap scan after scan.
+    patch_ids: Arc<Mutex<PatchIdCache>>,
     /// A pass is due then even without a trigger (a held removal, a backoff ending).
     recheck_at: Option<Instant>,
     reports_tx: mpsc::UnboundedSender<Report>,
@@ -121,6 +126,8 @@ impl Reconciler {
             failed,
             gone: BTreeSet::new(),
             restarts: HashMap::new(),
+            unreadable_reported: BTreeMap::new(),
+            patch_ids: Arc::new(Mutex::new(PatchIdCache::new())),
             backoff: BTreeMap::new(),
             recheck_at: None,
             reports_tx,
@@ -237,17 +244,30 @@ impl Reconciler {
     /// Observe, plan, publish, apply, publish.
     pub async fn pass(&mut self) -> Result<(), PassError> {
         let (mirror_path, main) = (self.config.mirror.clone(), self.config.main_branch.clone());
-        let desired =
-            tokio::task::spawn_blocking(move || mirror::scan(&mirror_path, &main)).await??;
+        let (rule, patch_ids) = (self.config.merged, self.patch_ids.clone());
+        let desired = tokio::task::spawn_blocking(move || {
+            let mut patch_ids = patch_ids.lock().unwrap_or_else(PoisonError::into_inner);
+            mirror::scan(&mirror_path, &main, rule, &mut patch_ids)
+        })
+        .await??;
         let inventory = self.runtime.inventory().await?;
         let live_ids: BTreeSet<&str> = inventory.containers.iter().map(|c| c.id.as_str()).collect();
         self.restarts.retain(|id, _| live_ids.contains(id.as_str()));
 
-        let (wanted, retained) = self.assign(&desired, &inventory);
+        let (wanted, unreadable) = self.assign(&desired, &inventory);
+        for u in unreadable.values() {
+            if self.unreadable_reported.get(&u.branch) != Some(&u.reason) {
+                tracing::warn!(branch = %u.branch, reason = %u.reason, "cannot read branch; keeping its preview as it is");
+            }
+        }
+        self.unreadable_reported = unreadable
+            .values()
+            .map(|u| (u.branch.clone(), u.reason.clone()))
+            .collect();
         let flights = self.flights();
         let world = World {
             wanted: &wanted,
-            retained: &retained,
+            unreadable: &unreadable,
             inventory: &inventory,
             in_flight: &flights,
             failed: &self.failed,
@@ -264,7 +284,7 @@ impl Reconciler {
         let flights = self.flights();
         let world = World {
             wanted: &wanted,
-            retained: &retained,
+            unreadable: &unreadable,
             inventory: &inventory,
             in_flight: &flights,
             failed: &self.failed,
@@ -345,7 +365,7 @@ impl Reconciler {
         &self,
         desired: &mirror::Desired,
         inventory: &Inventory,
-    ) -> (BTreeMap<String, PreviewRef>, BTreeSet<String>) {
+    ) -> (BTreeMap<String, PreviewRef>, BTreeMap<String, Unreadable>) {
         let mut owned: BTreeMap<String, String> = BTreeMap::new();
         let labelled = inventory
             .containers
@@ -365,7 +385,7 @@ impl Reconciler {
             .collect();
         let slugs = slug::assign(&branches, &owned);
         let mut wanted = BTreeMap::new();
-        let mut retained = BTreeSet::new();
+        let mut unreadable = BTreeMap::new();
         for (branch, slug) in slugs {
             match desired.branches.get(&branch) {
                 Some(tip) => {
@@ -379,11 +399,12 @@ impl Reconciler {
                     );
                 }
                 None => {
-                    retained.insert(slug);
+                    let reason = desired.unreadable.get(&branch).cloned().unwrap_or_default();
+                    unreadable.insert(slug, Unreadable { branch, reason });
                 }
             }
         }
-        (wanted, retained)
+        (wanted, unreadable)
     }
 
     async fn apply(&mut self, action: Action, inventory: &Inventory) {

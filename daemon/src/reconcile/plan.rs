@@ -15,14 +15,21 @@ use crate::docker::{ContainerInfo, Inventory, PreviewRef};
 pub struct World<'a> {
     /// Previews git wants, by slug.
     pub wanted: &'a BTreeMap<String, PreviewRef>,
-    /// Slugs of branches git could not read: whatever they have is kept as it is.
-    pub retained: &'a BTreeSet<String>,
+    /// Branches git could not read, by slug: whatever they have is kept as it is.
+    pub unreadable: &'a BTreeMap<String, Unreadable>,
     /// What Docker holds for this instance.
     pub inventory: &'a Inventory,
     /// Deploys running now, by slug.
     pub in_flight: &'a BTreeMap<String, Flight>,
     /// Last failure per slug: a commit that failed to build, start or keep running.
     pub failed: &'a BTreeMap<String, FailedBuild>,
+}
+
+/// A branch whose tip could not be read (a corrupt object, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub branch: String,
+    pub reason: String,
 }
 
 /// A deploy in progress.
@@ -91,6 +98,9 @@ pub struct PreviewStatus {
     /// Place in the build queue while `queued`, 1 first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<usize>,
+    /// Why the branch cannot be read from git, when it cannot (its preview is kept as it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl World<'_> {
@@ -186,66 +196,98 @@ pub fn plan(world: &World<'_>) -> Vec<Action> {
         .chain(world.in_flight.keys())
         .collect();
     for slug in present {
-        if !world.wanted.contains_key(slug) && !world.retained.contains(slug) {
+        if !world.wanted.contains_key(slug) && !world.unreadable.contains_key(slug) {
             actions.push(Action::Retire { slug: slug.clone() });
         }
     }
     actions
 }
 
-/// What each wanted preview's host serves now.
+/// What each preview's host serves now.
 pub fn routes(world: &World<'_>) -> BTreeMap<String, Route> {
-    world
-        .wanted
-        .iter()
-        .map(|(slug, preview)| {
-            let route = if let Some(c) = world.last_good(preview) {
-                Route::Live {
-                    upstream: c.upstream.expect("serving containers have an upstream"),
-                }
-            } else if let Some(f) = world.failed.get(slug).filter(|_| world.failed_at(preview)) {
-                Route::Failed {
-                    commit: f.commit.clone(),
-                    log_tail: f.log_tail.clone(),
-                }
-            } else {
-                Route::Building {
-                    commit: preview.commit.clone(),
-                    since: world
-                        .in_flight
-                        .get(slug)
-                        .map_or_else(SystemTime::now, |f| f.since),
-                }
-            };
-            (slug.clone(), route)
-        })
-        .collect()
+    let wanted = world.wanted.iter().map(|(slug, preview)| {
+        let route = if let Some(c) = world.last_good(preview) {
+            Route::Live {
+                upstream: c.upstream.expect("serving containers have an upstream"),
+            }
+        } else if let Some(f) = world.failed.get(slug).filter(|_| world.failed_at(preview)) {
+            Route::Failed {
+                commit: f.commit.clone(),
+                log_tail: f.log_tail.clone(),
+            }
+        } else {
+            Route::Building {
+                commit: preview.commit.clone(),
+                since: world
+                    .in_flight
+                    .get(slug)
+                    .map_or_else(SystemTime::now, |f| f.since),
+            }
+        };
+        (slug.clone(), route)
+    });
+    // A branch git cannot read keeps serving what it served; with nothing running, the page
+    // says why.
+    let unreadable = world.unreadable.iter().map(|(slug, u)| {
+        let running = world
+            .inventory
+            .containers
+            .iter()
+            .find(|c| &c.slug == slug && c.running && c.upstream.is_some());
+        let route = match running {
+            Some(c) => Route::Live {
+                upstream: c.upstream.expect("filtered on upstream"),
+            },
+            None => Route::Failed {
+                commit: String::new(),
+                log_tail: format!("git cannot read branch {}: {}", u.branch, u.reason),
+            },
+        };
+        (slug.clone(), route)
+    });
+    wanted.chain(unreadable).collect()
 }
 
-/// The state of each wanted preview, as `previewd ls` shows it. `url` makes a slug's URL.
+/// The state of each preview, as `previewd ls` shows it. `url` makes a slug's URL.
 pub fn statuses(world: &World<'_>, url: impl Fn(&str) -> String) -> Vec<PreviewStatus> {
-    world
-        .wanted
-        .iter()
-        .map(|(slug, preview)| {
-            let flight = world.in_flight.get(slug);
-            let state = match flight {
-                Some(f) if f.queue_position.is_some() => PreviewState::Queued,
-                Some(_) => PreviewState::Building,
-                None if world.serving(slug, &preview.commit).is_some() => PreviewState::Live,
-                None if world.failed_at(preview) => PreviewState::Failed,
-                None => PreviewState::Building,
-            };
-            PreviewStatus {
-                branch: preview.branch.clone(),
-                slug: slug.clone(),
-                commit: preview.commit.clone(),
-                state,
-                url: url(slug),
-                queue_position: flight.and_then(|f| f.queue_position),
-            }
-        })
-        .collect()
+    let wanted = world.wanted.iter().map(|(slug, preview)| {
+        let flight = world.in_flight.get(slug);
+        let state = match flight {
+            Some(f) if f.queue_position.is_some() => PreviewState::Queued,
+            Some(_) => PreviewState::Building,
+            None if world.serving(slug, &preview.commit).is_some() => PreviewState::Live,
+            None if world.failed_at(preview) => PreviewState::Failed,
+            None => PreviewState::Building,
+        };
+        PreviewStatus {
+            branch: preview.branch.clone(),
+            slug: slug.clone(),
+            commit: preview.commit.clone(),
+            state,
+            url: url(slug),
+            queue_position: flight.and_then(|f| f.queue_position),
+            error: None,
+        }
+    });
+    let unreadable = world.unreadable.iter().map(|(slug, u)| PreviewStatus {
+        branch: u.branch.clone(),
+        slug: slug.clone(),
+        // What still runs, if anything: git cannot say what the tip is.
+        commit: world
+            .inventory
+            .containers
+            .iter()
+            .find(|c| &c.slug == slug)
+            .map(|c| c.commit.clone())
+            .unwrap_or_default(),
+        state: PreviewState::Failed,
+        url: url(slug),
+        queue_position: None,
+        error: Some(u.reason.clone()),
+    });
+    let mut rows: Vec<PreviewStatus> = wanted.chain(unreadable).collect();
+    rows.sort_by(|a, b| a.branch.cmp(&b.branch));
+    rows
 }
 
 /// Never destroy on doubt: a pass that would retire more than `threshold` previews at once
@@ -339,7 +381,7 @@ mod tests {
     #[derive(Default)]
     struct Case {
         wanted: Vec<PreviewRef>,
-        retained: Vec<&'static str>,
+        unreadable: Vec<&'static str>,
         inventory: Inventory,
         in_flight: Vec<(&'static str, &'static str)>,
         failed: Vec<(&'static str, &'static str)>,
@@ -376,10 +418,20 @@ mod tests {
                 .iter()
                 .map(|p| (p.slug.clone(), p.clone()))
                 .collect();
-            let retained = self.retained.iter().map(|s| s.to_string()).collect();
+            let unreadable = self
+                .unreadable
+                .iter()
+                .map(|s| {
+                    let u = Unreadable {
+                        branch: format!("branch/{s}"),
+                        reason: "object not found".into(),
+                    };
+                    (s.to_string(), u)
+                })
+                .collect();
             let world = World {
                 wanted: &wanted,
-                retained: &retained,
+                unreadable: &unreadable,
                 inventory: &self.inventory,
                 in_flight: &in_flight,
                 failed: &failed,
@@ -676,7 +728,7 @@ mod tests {
     #[test]
     fn unreadable_branches_keep_their_objects() {
         let case = Case {
-            retained: vec!["broken"],
+            unreadable: vec!["broken"],
             inventory: Inventory {
                 containers: vec![container("c", "broken", OLD, true)],
                 ..Inventory::default()
@@ -684,6 +736,15 @@ mod tests {
             ..Case::default()
         };
         assert_eq!(case.run(plan), vec![]);
+        let rows = case.run(|w| statuses(w, |s| s.into()));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state, PreviewState::Failed);
+        assert_eq!(rows[0].commit, OLD, "what still runs");
+        assert_eq!(rows[0].error.as_deref(), Some("object not found"));
+        assert!(
+            matches!(case.run(routes)["broken"], Route::Live { .. }),
+            "keeps serving"
+        );
     }
 
     #[test]
