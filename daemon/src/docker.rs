@@ -14,7 +14,7 @@ use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
     InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
     ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -27,6 +27,8 @@ pub const LABEL_COMMIT: &str = "previewd.commit";
 pub const LABEL_ROLE: &str = "previewd.role";
 /// The container port the app listens on, so an adopted container needs no image inspect.
 pub const LABEL_PORT: &str = "previewd.port";
+/// The git tree an image was built from: a commit with the same tree reuses the image.
+pub const LABEL_TREE: &str = "previewd.tree";
 
 /// Longest any one Docker API call may take, builds excepted: a frozen engine must fail calls,
 /// not pile up work behind them.
@@ -109,7 +111,7 @@ pub struct ContainerInfo {
     pub upstream: Option<SocketAddr>,
 }
 
-/// Any other object of this instance (image or network), as listed.
+/// A network of this instance, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
     pub id: String,
@@ -118,11 +120,35 @@ pub struct ObjectInfo {
     pub commit: String,
 }
 
+/// An image of this instance, as listed. One image can serve several commits of a branch
+/// (same tree), one tag each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub branch: String,
+    pub slug: String,
+    /// Its tags, `previewd-<instance>/<slug>:<commit12>`.
+    pub tags: Vec<String>,
+}
+
+impl ImageInfo {
+    /// Whether a tag of this image is for `commit`.
+    pub fn serves(&self, commit: &str) -> bool {
+        self.tags.iter().any(|t| tag_is_for(t, commit))
+    }
+}
+
+/// Whether the image tag `tag` names `commit` (tags carry its first 12 hex digits).
+pub fn tag_is_for(tag: &str, commit: &str) -> bool {
+    tag.rsplit_once(':')
+        .is_some_and(|(_, short)| !short.is_empty() && commit.starts_with(short))
+}
+
 /// Everything of this instance that the engine holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     pub containers: Vec<ContainerInfo>,
-    pub images: Vec<ObjectInfo>,
+    pub images: Vec<ImageInfo>,
     pub networks: Vec<ObjectInfo>,
 }
 
@@ -164,13 +190,12 @@ impl Runtime {
         format!("previewd-{}-{slug}", self.instance)
     }
 
+    fn image_repo(&self, slug: &str) -> String {
+        format!("previewd-{}/{slug}", self.instance)
+    }
+
     pub fn image_tag(&self, preview: &PreviewRef) -> String {
-        format!(
-            "previewd-{}/{}:{}",
-            self.instance,
-            preview.slug,
-            preview.short()
-        )
+        format!("{}:{}", self.image_repo(&preview.slug), preview.short())
     }
 
     /// One container per commit, so the new version can start beside the old one.
@@ -261,7 +286,21 @@ impl Runtime {
         }
         inventory.images = images
             .into_iter()
-            .filter_map(|i| object_info(Some(i.id), &i.labels))
+            .filter_map(|i| {
+                let object = object_info(Some(i.id), &i.labels)?;
+                let repo = self.image_repo(&object.slug);
+                let tags = i
+                    .repo_tags
+                    .into_iter()
+                    .filter(|t| t.rsplit_once(':').is_some_and(|(r, _)| r == repo))
+                    .collect();
+                Some(ImageInfo {
+                    id: object.id,
+                    branch: object.branch,
+                    slug: object.slug,
+                    tags,
+                })
+            })
             .collect();
         inventory.networks = networks
             .into_iter()
@@ -321,10 +360,39 @@ impl Runtime {
     /// The labels of the preview's image, for the `LABEL` line appended to its Dockerfile by
     /// [`append_instruction`]. One line, one build step: the classic builder turns the build's
     /// `labels` parameter into one step (and one container) per label, seconds on every build.
-    pub fn image_labels(&self, preview: &PreviewRef) -> Vec<(String, String)> {
+    pub fn image_labels(&self, preview: &PreviewRef, tree: &str) -> Vec<(String, String)> {
         let mut labels: Vec<_> = self.labels(preview, "app").into_iter().collect();
+        labels.push((LABEL_TREE.into(), tree.into()));
         labels.sort();
         labels
+    }
+
+    /// The preview's image built from `tree` for an earlier commit, if one exists.
+    pub async fn image_of_tree(
+        &self,
+        preview: &PreviewRef,
+        tree: &str,
+    ) -> Result<Option<String>, DockerError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_INSTANCE}={}", self.instance),
+                format!("{LABEL_SLUG}={}", preview.slug),
+                format!("{LABEL_TREE}={tree}"),
+            ],
+        )]);
+        let options = ListImagesOptionsBuilder::new().filters(&filters).build();
+        let images = call("list images", self.docker.list_images(Some(options))).await?;
+        Ok(images.into_iter().next().map(|i| i.id))
+    }
+
+    /// Tags an existing image as the preview's image for its commit: no build.
+    pub async fn tag(&self, image: &str, preview: &PreviewRef) -> Result<(), DockerError> {
+        let options = TagImageOptionsBuilder::new()
+            .repo(&self.image_repo(&preview.slug))
+            .tag(preview.short())
+            .build();
+        call("tag image", self.docker.tag_image(image, Some(options))).await
     }
 
     /// Builds `context` (a tar whose Dockerfile already carries the labels) into the preview's
@@ -535,9 +603,13 @@ impl Runtime {
         gone_is_fine(result, "remove container")
     }
 
-    /// Removes an image by id. Already gone counts as done.
+    /// Removes an image by id (all its tags), or one tag of it by name: the image itself goes
+    /// with its last tag, unless a container still uses it. Already gone counts as done.
     pub async fn remove_image(&self, id: &str) -> Result<(), DockerError> {
-        let options = RemoveImageOptionsBuilder::new().force(true).build();
+        // Forcing by id removes every tag at once; a tag is removed without force so that an
+        // image still used through another tag stays.
+        let force = !id.contains(':') || id.starts_with("sha256:");
+        let options = RemoveImageOptionsBuilder::new().force(force).build();
         let result = within(
             "remove image",
             self.docker.remove_image(id, Some(options), None),

@@ -71,6 +71,9 @@ pub struct Desired {
     /// Branches whose tip could not be read, with the reason. They keep whatever preview they
     /// have: a branch we cannot read is not a deleted branch.
     pub unreadable: BTreeMap<String, String>,
+    /// When each branch in `branches` last changed, as far as git knows: its tip's committer
+    /// time, in seconds since the epoch.
+    pub activity: BTreeMap<String, i64>,
 }
 
 /// Opens the mirror, creating it bare (HEAD -> `main_branch`) when the directory is missing.
@@ -125,7 +128,7 @@ pub fn scan(
         path: path.to_owned(),
         source,
     };
-    let mut tips: BTreeMap<String, Result<Oid, String>> = BTreeMap::new();
+    let mut tips: BTreeMap<String, Result<(Oid, i64), String>> = BTreeMap::new();
     for reference in repo.references().map_err(refs_err)? {
         let reference = reference.map_err(refs_err)?;
         let Some(name) = reference.name_bytes().strip_prefix(b"refs/heads/") else {
@@ -136,23 +139,24 @@ pub fn scan(
         let name = String::from_utf8_lossy(name).into_owned();
         let tip = reference
             .peel_to_commit()
-            .map(|c| c.id())
+            .map(|c| (c.id(), c.committer().when().seconds()))
             .map_err(|e| e.message().to_owned());
         tips.entry(name).or_insert(tip);
     }
 
     let mut desired = Desired::default();
-    if let Some(Ok(main)) = tips.remove(main_branch) {
+    if let Some(Ok((main, _))) = tips.remove(main_branch) {
         desired.main = Some(main);
     }
     for (name, tip) in tips {
         match tip {
             // Without a main branch yet, nothing can have been merged into it.
-            Ok(tip) => match desired.main.map_or(Ok(false), |main| {
+            Ok((tip, time)) => match desired.main.map_or(Ok(false), |main| {
                 merged::is_merged(&repo, tip, main, rule, cache)
             }) {
                 Ok(true) => {}
                 Ok(false) => {
+                    desired.activity.insert(name.clone(), time);
                     desired.branches.insert(name, tip);
                 }
                 Err(e) => {
@@ -165,6 +169,18 @@ pub fn scan(
         }
     }
     Ok(desired)
+}
+
+/// The id of the tree `commit` points at: two commits with one tree build the same image.
+pub fn tree_of(mirror: &Path, commit: Oid) -> Result<Oid, MirrorError> {
+    let repo = Repository::open_bare(mirror).map_err(|source| MirrorError::Open {
+        path: mirror.to_owned(),
+        source,
+    })?;
+    let commit = repo
+        .find_commit(commit)
+        .map_err(|source| MirrorError::Commit { commit, source })?;
+    Ok(commit.tree_id())
 }
 
 /// The tree at `commit` as an uncompressed tar, the Docker build context. Read straight from

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::reconcile::Trigger;
@@ -15,6 +15,9 @@ pub fn watch_refs(
 ) -> Result<RecommendedWatcher, notify::Error> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
+            // Reads are not changes, and previewd's own scans read the refs: counting them
+            // would make every pass trigger the next one.
+            Ok(event) if matches!(event.kind, EventKind::Access(_)) => false,
             Ok(event) => event.paths.iter().any(|p| touches_refs(p)),
             // A watcher error may hide a change: a pass settles it either way.
             Err(_) => true,
@@ -47,6 +50,40 @@ mod tests {
         assert!(touches_refs(Path::new("/m.git/packed-refs")));
         assert!(!touches_refs(Path::new("/m.git/objects/ab/cdef")));
         assert!(!touches_refs(Path::new("/m.git/FETCH_HEAD")));
+    }
+
+    #[tokio::test]
+    async fn reading_the_refs_triggers_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mirror = tmp.path().join("m.git");
+        crate::mirror::open_or_create(&mirror, "main").unwrap();
+        std::fs::write(mirror.join("refs/heads/x"), "0".repeat(40)).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let _watcher = watch_refs(&mirror, tx).unwrap();
+        for _ in 0..20 {
+            std::fs::read(mirror.join("refs/heads/x")).unwrap();
+            std::fs::read_dir(mirror.join("refs/heads"))
+                .unwrap()
+                .for_each(drop);
+        }
+        // A change after the reads: the first trigger must be for it, so none came before.
+        std::fs::write(mirror.join("refs/heads/y"), "0".repeat(40)).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert!(matches!(first, Ok(Some(_))));
+        assert!(
+            std::fs::metadata(mirror.join("refs/heads/y")).is_ok(),
+            "sanity: the change happened"
+        );
+        // Drain what the write itself caused, then make sure reads alone stay silent.
+        while tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_ok()
+        {}
+        for _ in 0..20 {
+            std::fs::read(mirror.join("refs/heads/x")).unwrap();
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+        assert!(quiet.is_err(), "reading refs triggered a pass");
     }
 
     #[tokio::test]

@@ -75,8 +75,16 @@ pub async fn deploy(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), Dep
     let fail = DeployFailure::commit;
     ctx.runtime.ensure_network(preview).await?;
     if !ctx.runtime.image_exists(preview).await? {
-        let _slot = build_slot(ctx, preview).await;
-        build(ctx, preview).await?;
+        let tree = read_tree(ctx, preview).await?;
+        match ctx.runtime.image_of_tree(preview, &tree).await? {
+            // Same tree as a commit already built (an amended message, an empty merge): the
+            // image is the same too.
+            Some(image) => ctx.runtime.tag(&image, preview).await?,
+            None => {
+                let _slot = build_slot(ctx, preview).await;
+                build(ctx, preview, &tree).await?;
+            }
+        }
     }
     let port = ctx.runtime.exposed_port(preview).await?;
     let env = vec![
@@ -124,11 +132,22 @@ async fn build_slot(
     slot
 }
 
-async fn build(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), DeployFailure> {
+async fn read_tree(ctx: &DeployContext, preview: &PreviewRef) -> Result<String, DeployFailure> {
     let fail = DeployFailure::commit;
     let commit = git2::Oid::from_str(&preview.commit).map_err(|e| fail(e.to_string()))?;
     let mirror = ctx.mirror.clone();
-    let labelled = ctx.runtime.image_labels(preview);
+    let tree = tokio::task::spawn_blocking(move || mirror::tree_of(&mirror, commit))
+        .await
+        .map_err(|e| fail(format!("reading the commit panicked: {e}")))?
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(tree.to_string())
+}
+
+async fn build(ctx: &DeployContext, preview: &PreviewRef, tree: &str) -> Result<(), DeployFailure> {
+    let fail = DeployFailure::commit;
+    let commit = git2::Oid::from_str(&preview.commit).map_err(|e| fail(e.to_string()))?;
+    let mirror = ctx.mirror.clone();
+    let labelled = ctx.runtime.image_labels(preview, tree);
     let context = tokio::task::spawn_blocking(move || {
         mirror::context_tar(&mirror, commit, |dockerfile| {
             docker::append_instruction(dockerfile, &labelled)

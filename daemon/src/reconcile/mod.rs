@@ -51,9 +51,14 @@ const RESTART_BUDGET: usize = 3;
 const RESTART_WINDOW: Duration = Duration::from_secs(600);
 /// How long a mass removal waits for a second look.
 const RETIRE_CONFIRM: Duration = Duration::from_secs(10);
+/// After a push cancels a deploy, the branch must be this quiet before the next deploy, so a
+/// burst of pushes builds its last commit once instead of every commit in turn.
+const BURST_QUIET: Duration = Duration::from_secs(1);
 /// First and longest wait before retrying a deploy the engine (not the commit) failed.
 const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Longest wait between failing passes: a recovered engine is noticed within this.
+const PASS_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 struct InFlight {
     commit: String,
@@ -94,10 +99,16 @@ pub struct Reconciler {
     restarts: HashMap<String, Vec<Instant>>,
     backoff: BTreeMap<String, Backoff>,
     guard: RetireGuard,
+    /// Each preview's tip as last seen, and since when: a burst of pushes is built once.
+    tips: BTreeMap<String, (String, Instant)>,
+    /// Previews whose deploy a newer push cancelled: they deploy once pushes pause.
+    bursting: BTreeSet<String>,
     /// Unreadable branches already logged, so each is logged once, not every pass.
     unreadable_reported: BTreeMap<String, String>,
     /// Patch ids of commits already seen, so "merged" stays cheap scan after scan.
     patch_ids: Arc<Mutex<PatchIdCache>>,
+    /// While passes fail: how long the last backoff was.
+    failing: Option<Duration>,
     /// A pass is due then even without a trigger (a held removal, a backoff ending).
     recheck_at: Option<Instant>,
     reports_tx: mpsc::UnboundedSender<Report>,
@@ -127,18 +138,35 @@ impl Reconciler {
             gone: BTreeSet::new(),
             restarts: HashMap::new(),
             unreadable_reported: BTreeMap::new(),
+            tips: BTreeMap::new(),
+            bursting: BTreeSet::new(),
             patch_ids: Arc::new(Mutex::new(PatchIdCache::new())),
             backoff: BTreeMap::new(),
             recheck_at: None,
+            failing: None,
             reports_tx,
             reports_rx,
         }
     }
 
-    /// Runs one pass; a failed pass is logged and changes nothing.
+    /// Runs one pass; a failed pass is logged and changes nothing. After a failure the next
+    /// pass waits a little longer each time (the engine is restarting, the mirror is away), so
+    /// a stream of triggers cannot turn into a stream of failing passes.
     pub async fn pass_logged(&mut self) {
-        if let Err(error) = self.pass().await {
-            tracing::warn!(%error, "reconcile pass failed; nothing was changed");
+        match self.pass().await {
+            Ok(()) => {
+                if self.failing.take().is_some() {
+                    tracing::info!("reconcile passes succeed again");
+                }
+            }
+            Err(error) => {
+                let delay = self
+                    .failing
+                    .map_or(BACKOFF_FIRST, |d| (d * 2).min(PASS_BACKOFF_MAX));
+                tracing::warn!(%error, retry_in = ?delay, "reconcile pass failed; nothing was changed");
+                self.failing = Some(delay);
+                self.recheck(Instant::now() + delay);
+            }
         }
     }
 
@@ -163,6 +191,13 @@ impl Reconciler {
             }
             while let Ok(report) = self.reports_rx.try_recv() {
                 self.settle(report);
+            }
+            // While passes fail, only the backoff's own wake-up (or someone waiting for an
+            // answer) runs the next one.
+            let backing_off =
+                self.failing.is_some() && self.recheck_at.is_some_and(|at| at > Instant::now());
+            if backing_off && replies.is_empty() {
+                continue;
             }
             self.pass_logged().await;
             let rows = self.status.load_full();
@@ -255,6 +290,18 @@ impl Reconciler {
         self.restarts.retain(|id, _| live_ids.contains(id.as_str()));
 
         let (wanted, unreadable) = self.assign(&desired, &inventory);
+        let now = Instant::now();
+        self.tips = wanted
+            .iter()
+            .map(|(slug, p)| {
+                let since = match self.tips.get(slug) {
+                    Some((commit, since)) if *commit == p.commit => *since,
+                    _ => now,
+                };
+                (slug.clone(), (p.commit.clone(), since))
+            })
+            .collect();
+        self.bursting.retain(|slug| wanted.contains_key(slug));
         for u in unreadable.values() {
             if self.unreadable_reported.get(&u.branch) != Some(&u.reason) {
                 tracing::warn!(branch = %u.branch, reason = %u.reason, "cannot read branch; keeping its preview as it is");
@@ -315,14 +362,24 @@ impl Reconciler {
         }
         self.backoff.retain(|_, b| b.at > now);
         let mut next = None;
+        let mut hold = |at: Instant| {
+            next = Some(next.map_or(at, |n: Instant| n.min(at)));
+            false
+        };
+        let (backoff, bursting, tips) = (&self.backoff, &mut self.bursting, &self.tips);
         actions.retain(|a| match a {
             Action::Deploy(p) | Action::Restart { preview: p, .. } => {
-                match self.backoff.get(&p.slug) {
-                    Some(b) => {
-                        next = Some(next.map_or(b.at, |n: Instant| n.min(b.at)));
-                        false
+                if let Some(b) = backoff.get(&p.slug) {
+                    return hold(b.at);
+                }
+                // Pushes are still coming: build only once the branch has been quiet a moment.
+                let quiet_at = tips.get(&p.slug).map(|(_, since)| *since + BURST_QUIET);
+                match quiet_at {
+                    Some(at) if bursting.contains(&p.slug) && at > now => hold(at),
+                    _ => {
+                        bursting.remove(&p.slug);
+                        true
                     }
-                    None => true,
                 }
             }
             _ => true,
@@ -422,6 +479,13 @@ impl Reconciler {
                 }
             }
             Action::Retire { slug } => self.retire(&slug, inventory).await,
+            Action::Cancel { slug } => {
+                if let Some(flight) = self.in_flight.remove(&slug) {
+                    tracing::info!(preview = %slug, commit = %&flight.commit[..12.min(flight.commit.len())], "superseded by a newer push: cancelling its deploy");
+                    flight.abort.abort();
+                }
+                self.bursting.insert(slug);
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use previewd_proxy::Route;
 use serde::{Deserialize, Serialize};
 
-use crate::docker::{ContainerInfo, Inventory, PreviewRef};
+use crate::docker::{tag_is_for, ContainerInfo, Inventory, PreviewRef};
 
 /// Everything a plan is made from, read fresh on every pass.
 #[derive(Debug)]
@@ -58,8 +58,11 @@ pub enum Action {
     Restart { preview: PreviewRef, id: String },
     /// A container the preview no longer needs: superseded by a live newer one, or dead.
     RemoveContainer { slug: String, id: String },
-    /// An image no container of the preview uses and that is not the wanted commit.
+    /// An image tag (or, untagged, an image id) no container of the preview uses and that is
+    /// not the wanted commit's.
     RemoveImage { slug: String, id: String },
+    /// A deploy of a commit the branch has moved past: stop it, the tip deploys instead.
+    Cancel { slug: String },
     /// The branch is merged or deleted: stop its deploy and remove every object of the slug.
     Retire { slug: String },
 }
@@ -146,7 +149,10 @@ pub fn plan(world: &World<'_>) -> Vec<Action> {
     let mut actions = Vec::new();
     for (slug, preview) in world.wanted {
         let tip_serves = world.serving(slug, &preview.commit).is_some();
-        if world.in_flight.contains_key(slug) {
+        if let Some(flight) = world.in_flight.get(slug) {
+            if flight.commit != preview.commit {
+                actions.push(Action::Cancel { slug: slug.clone() });
+            }
             // The deploy owns the preview's objects until it reports back.
             continue;
         }
@@ -175,12 +181,22 @@ pub fn plan(world: &World<'_>) -> Vec<Action> {
                 id: c.id.clone(),
             });
         }
+        let kept = |tag: &str| {
+            tag_is_for(tag, &preview.commit)
+                || containers().any(|c| !doomed(c) && tag_is_for(tag, &c.commit))
+        };
         for image in world.inventory.images.iter().filter(|i| &i.slug == slug) {
-            let used = containers().any(|c| c.commit == image.commit && !doomed(c));
-            if image.commit != preview.commit && !used {
+            if image.tags.is_empty() {
+                // Lost every tag (retagged by hand, say): nothing can run it by name any more.
                 actions.push(Action::RemoveImage {
                     slug: slug.clone(),
                     id: image.id.clone(),
+                });
+            }
+            for tag in image.tags.iter().filter(|t| !kept(t)) {
+                actions.push(Action::RemoveImage {
+                    slug: slug.clone(),
+                    id: tag.clone(),
                 });
             }
         }
@@ -343,7 +359,7 @@ impl RetireGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::ObjectInfo;
+    use crate::docker::{ImageInfo, ObjectInfo};
     use std::net::SocketAddr;
 
     const OLD: &str = "1111111111111111111111111111111111111111";
@@ -366,6 +382,15 @@ mod tests {
             commit: commit.into(),
             running,
             upstream: Some(SocketAddr::from(([172, 18, 0, 2], 8080))),
+        }
+    }
+
+    fn image(id: &str, slug: &str, commit: &str) -> ImageInfo {
+        ImageInfo {
+            id: id.into(),
+            branch: format!("branch/{slug}"),
+            slug: slug.into(),
+            tags: vec![format!("previewd-t/{slug}:{}", &commit[..12])],
         }
     }
 
@@ -460,7 +485,7 @@ mod tests {
             wanted: vec![preview("a", NEW)],
             inventory: Inventory {
                 containers: vec![container("c1", "a", NEW, true)],
-                images: vec![object("i1", "a", NEW)],
+                images: vec![image("i1", "a", NEW)],
                 networks: vec![object("n1", "a", NEW)],
             },
             ..Case::default()
@@ -479,7 +504,7 @@ mod tests {
             wanted: vec![preview("a", NEW)],
             inventory: Inventory {
                 containers: vec![container("old", "a", OLD, true)],
-                images: vec![object("i-old", "a", OLD)],
+                images: vec![image("i-old", "a", OLD)],
                 networks: vec![],
             },
             ..Case::default()
@@ -502,7 +527,7 @@ mod tests {
 
         // Deploy done: the old container and its image go.
         case.in_flight.clear();
-        case.inventory.images.push(object("i-new", "a", NEW));
+        case.inventory.images.push(image("i-new", "a", NEW));
         assert_eq!(
             case.run(plan),
             vec![
@@ -512,7 +537,7 @@ mod tests {
                 },
                 Action::RemoveImage {
                     slug: "a".into(),
-                    id: "i-old".into()
+                    id: format!("previewd-t/a:{}", &OLD[..12])
                 },
             ]
         );
@@ -620,6 +645,47 @@ mod tests {
     }
 
     #[test]
+    fn a_deploy_of_a_superseded_commit_is_cancelled() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            in_flight: vec![("a", OLD)],
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![Action::Cancel { slug: "a".into() }]);
+    }
+
+    #[test]
+    fn an_image_shared_by_two_commits_loses_only_the_old_tag() {
+        let mut shared = image("img", "a", OLD);
+        shared.tags.push(format!("previewd-t/a:{}", &NEW[..12]));
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![
+                    container("old", "a", OLD, true),
+                    container("new", "a", NEW, true),
+                ],
+                images: vec![shared],
+                networks: vec![],
+            },
+            ..Case::default()
+        };
+        assert_eq!(
+            case.run(plan),
+            vec![
+                Action::RemoveContainer {
+                    slug: "a".into(),
+                    id: "old".into()
+                },
+                Action::RemoveImage {
+                    slug: "a".into(),
+                    id: format!("previewd-t/a:{}", &OLD[..12]),
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn queued_deploys_show_their_place() {
         let case = Case {
             wanted: vec![preview("a", NEW)],
@@ -697,7 +763,7 @@ mod tests {
             wanted: vec![],
             inventory: Inventory {
                 containers: vec![container("c", "gone", OLD, true)],
-                images: vec![object("i", "gone", OLD)],
+                images: vec![image("i", "gone", OLD)],
                 networks: vec![object("n", "gone", OLD)],
             },
             ..Case::default()
@@ -753,7 +819,7 @@ mod tests {
             wanted: vec![preview("a", NEW), preview("b", OLD)],
             inventory: Inventory {
                 containers: vec![container("cb", "b", OLD, true)],
-                images: vec![object("ib", "b", OLD)],
+                images: vec![image("ib", "b", OLD)],
                 networks: vec![],
             },
             failed: vec![("a", NEW)],
