@@ -36,6 +36,16 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = ".previewd")]
         state_dir: PathBuf,
     },
+    /// Remove what previewd no longer needs now: objects of merged, deleted or expired
+    /// branches, superseded images, old build logs
+    Gc {
+        /// Only list what would be removed
+        #[arg(long)]
+        dry_run: bool,
+        /// State dir of the daemon to ask
+        #[arg(long, value_name = "DIR", default_value = ".previewd")]
+        state_dir: PathBuf,
+    },
     /// Called by the git hooks previewd installs into its mirror
     #[command(hide = true)]
     Hook {
@@ -82,6 +92,26 @@ pub fn main() -> ExitCode {
             match runtime.block_on(control::list(&socket)) {
                 Ok(rows) => {
                     print_rows(&rows, json);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("previewd: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Gc { dry_run, state_dir } => {
+            let socket = crate::config::socket_path(&state_dir);
+            match runtime.block_on(control::gc(&socket, !dry_run)) {
+                Ok(lines) if lines.is_empty() => {
+                    println!("nothing to collect");
+                    ExitCode::SUCCESS
+                }
+                Ok(lines) => {
+                    let verb = if dry_run { "would remove" } else { "removing" };
+                    for line in lines {
+                        println!("{verb} {line}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(error) => {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
@@ -49,6 +50,15 @@ pub struct RunArgs {
     /// when all its changes are in main, as after a squash or rebase merge) [default: patch-id]
     #[arg(long, value_name = "RULE")]
     pub merged: Option<String>,
+    /// Remove the preview of a branch with no commit for this many days (0: never) [default: 0]
+    #[arg(long, value_name = "DAYS")]
+    pub expire_idle_days: Option<u64>,
+    /// Keep at most this many previews, removing the idlest first (0: no cap) [default: 0]
+    #[arg(long, value_name = "N")]
+    pub max_previews: Option<usize>,
+    /// Delete build logs older than this many days [default: 14]
+    #[arg(long, value_name = "DAYS")]
+    pub keep_logs_days: Option<u64>,
 }
 
 /// The `--config` file as written. Keys mirror the long flags, with `_` for `-`.
@@ -66,6 +76,9 @@ struct FileConfig {
     build_concurrency: Option<usize>,
     mass_removal_threshold: Option<usize>,
     merged: Option<String>,
+    expire_idle_days: Option<u64>,
+    max_previews: Option<usize>,
+    keep_logs_days: Option<u64>,
 }
 
 /// Validated settings of a running daemon.
@@ -87,6 +100,12 @@ pub struct Config {
     /// Retiring more previews than this in one pass needs a second pass to agree.
     pub mass_removal_threshold: usize,
     pub merged: MergedRule,
+    /// Previews of branches without a commit for this long are removed; `None`: never.
+    pub expire_idle: Option<Duration>,
+    /// At most this many previews (the idlest go first); `None`: no cap.
+    pub max_previews: Option<usize>,
+    /// Build logs older than this are deleted.
+    pub keep_logs: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +171,15 @@ impl Config {
                 "ancestry" => MergedRule::Ancestry,
                 other => return Err(ConfigError::MergedRule(other.to_owned())),
             },
+            expire_idle: match pick(&args.expire_idle_days, file.expire_idle_days, || 0) {
+                0 => None,
+                days => Some(days_to_duration(days)),
+            },
+            max_previews: match pick(&args.max_previews, file.max_previews, || 0) {
+                0 => None,
+                n => Some(n),
+            },
+            keep_logs: days_to_duration(pick(&args.keep_logs_days, file.keep_logs_days, || 14)),
             mass_removal_threshold: pick(
                 &args.mass_removal_threshold,
                 file.mass_removal_threshold,
@@ -182,6 +210,10 @@ impl Config {
 /// Where the control socket of the daemon using `state_dir` lives.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("previewd.sock")
+}
+
+fn days_to_duration(days: u64) -> Duration {
+    Duration::from_secs(days.saturating_mul(86_400))
 }
 
 fn pick<T: Clone>(flag: &Option<T>, file: Option<T>, default: impl FnOnce() -> T) -> T {
@@ -269,6 +301,9 @@ mod tests {
         assert_eq!(c.build_concurrency, 1);
         assert_eq!(c.mass_removal_threshold, 3);
         assert_eq!(c.merged, MergedRule::PatchId);
+        assert_eq!(c.expire_idle, None);
+        assert_eq!(c.max_previews, None);
+        assert_eq!(c.keep_logs, Duration::from_secs(14 * 86_400));
         assert_eq!(c.socket_path(), PathBuf::from(".previewd/previewd.sock"));
     }
 
@@ -281,6 +316,8 @@ mod tests {
             https_listen = "0.0.0.0:443"
             instance = "ci-7"
             main = "trunk"
+            expire_idle_days = 30
+            max_previews = 20
             "#,
         )
         .unwrap();
@@ -288,6 +325,8 @@ mod tests {
         assert_eq!(c.domain, "preview.example.com");
         assert_eq!(c.instance, "ci-7");
         assert_eq!(c.main_branch, "trunk");
+        assert_eq!(c.expire_idle, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.max_previews, Some(20));
         assert_eq!(c.preview_url("x"), "https://x.preview.example.com/");
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::reconcile::plan::PreviewStatus;
-use crate::reconcile::{SharedStatus, Trigger};
+use crate::reconcile::{GcRequest, SharedStatus, Trigger};
 
 /// How long a poke waits for its reconcile pass before answering with what is known.
 const POKE_WAIT: Duration = Duration::from_secs(10);
@@ -61,13 +61,16 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     })
 }
 
+/// What the control API reads and asks the reconciler through.
+#[derive(Clone)]
+pub struct Channels {
+    pub status: SharedStatus,
+    pub triggers: mpsc::Sender<Trigger>,
+    pub gc: mpsc::Sender<GcRequest>,
+}
+
 /// Serves the control API until `shutdown`.
-pub async fn serve(
-    listener: UnixListener,
-    status: SharedStatus,
-    triggers: mpsc::Sender<Trigger>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: UnixListener, channels: Channels, shutdown: CancellationToken) {
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -79,11 +82,11 @@ pub async fn serve(
                 }
             },
         };
-        let (status, triggers) = (status.clone(), triggers.clone());
+        let channels = channels.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (status, triggers) = (status.clone(), triggers.clone());
-                async move { Ok::<_, std::convert::Infallible>(handle(req, status, triggers).await) }
+                let channels = channels.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, channels).await) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -95,12 +98,34 @@ pub async fn serve(
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    status: SharedStatus,
-    triggers: mpsc::Sender<Trigger>,
-) -> Response<Full<Bytes>> {
+async fn handle(req: Request<Incoming>, channels: Channels) -> Response<Full<Bytes>> {
+    let Channels {
+        status,
+        triggers,
+        gc,
+    } = channels;
     match (req.method(), req.uri().path()) {
+        (method @ (&Method::GET | &Method::POST), "/v1/gc") => {
+            let (reply, answer) = oneshot::channel();
+            let request = GcRequest {
+                apply: method == Method::POST,
+                reply,
+            };
+            if gc.send(request).await.is_err() {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "previewd is shutting down\n",
+                );
+            }
+            match answer.await {
+                Ok(Ok(lines)) => json(&lines),
+                Ok(Err(error)) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{error}\n")),
+                Err(_) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "previewd is shutting down\n",
+                ),
+            }
+        }
         (&Method::GET, "/v1/previews") => json(status.load().as_ref()),
         (&Method::POST, "/v1/poke") => {
             let (reply, answer) = oneshot::channel();
@@ -111,15 +136,19 @@ async fn handle(
                 _ => json(status.load().as_ref()),
             }
         }
-        _ => Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(b"no such endpoint\n")))
-            .expect("static response"),
+        _ => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
     }
 }
 
-fn json(rows: &[PreviewStatus]) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(rows).expect("statuses serialize");
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("static response")
+}
+
+fn json<T: serde::Serialize + ?Sized>(value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("control answers serialize");
     Response::builder()
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -136,11 +165,17 @@ pub async fn poke(socket: &Path) -> Result<Vec<PreviewStatus>, ControlError> {
     call(socket, Method::POST, "/v1/poke").await
 }
 
-async fn call(
+/// What collection would remove now; with `apply`, the daemon then removes it.
+pub async fn gc(socket: &Path, apply: bool) -> Result<Vec<String>, ControlError> {
+    let method = if apply { Method::POST } else { Method::GET };
+    call(socket, method, "/v1/gc").await
+}
+
+async fn call<T: serde::de::DeserializeOwned>(
     socket: &Path,
     method: Method,
     path: &str,
-) -> Result<Vec<PreviewStatus>, ControlError> {
+) -> Result<T, ControlError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|source| ControlError::NotRunning {

@@ -68,6 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
     let status = Arc::new(ArcSwap::from_pointee(Vec::new()));
     let (triggers_tx, triggers_rx) = mpsc::channel(64);
+    let (gc_tx, gc_rx) = mpsc::channel(4);
 
     let tls = previewd_proxy::server_config(ca, &config.domain);
     let https_task = tokio::spawn(previewd_proxy::serve_https(
@@ -84,8 +85,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     ));
     let control_task = tokio::spawn(control::serve(
         control_listener,
-        status.clone(),
-        triggers_tx.clone(),
+        control::Channels {
+            status: status.clone(),
+            triggers: triggers_tx.clone(),
+            gc: gc_tx,
+        },
         shutdown.clone(),
     ));
     tracing::info!(
@@ -109,7 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             triggers_tx,
             shutdown.clone(),
         ));
-        reconciler.run(triggers_rx, shutdown.clone()).await;
+        reconciler.run(triggers_rx, gc_rx, shutdown.clone()).await;
         events.await?;
     }
 

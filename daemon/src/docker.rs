@@ -113,8 +113,9 @@ pub struct ContainerInfo {
 
 /// A network of this instance, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectInfo {
+pub struct NetworkInfo {
     pub id: String,
+    pub name: String,
     pub branch: String,
     pub slug: String,
     pub commit: String,
@@ -149,7 +150,7 @@ pub fn tag_is_for(tag: &str, commit: &str) -> bool {
 pub struct Inventory {
     pub containers: Vec<ContainerInfo>,
     pub images: Vec<ImageInfo>,
-    pub networks: Vec<ObjectInfo>,
+    pub networks: Vec<NetworkInfo>,
 }
 
 /// This instance's handle on the engine.
@@ -259,7 +260,7 @@ impl Runtime {
         let mut inventory = Inventory::default();
         for c in containers {
             let labels = c.labels.unwrap_or_default();
-            let Some(object) = object_info(c.id, &labels) else {
+            let Some(object) = labelled(c.id, &labels) else {
                 continue;
             };
             let network = self.network_name(&object.slug);
@@ -287,7 +288,7 @@ impl Runtime {
         inventory.images = images
             .into_iter()
             .filter_map(|i| {
-                let object = object_info(Some(i.id), &i.labels)?;
+                let object = labelled(Some(i.id), &i.labels)?;
                 let repo = self.image_repo(&object.slug);
                 let tags = i
                     .repo_tags
@@ -304,7 +305,17 @@ impl Runtime {
             .collect();
         inventory.networks = networks
             .into_iter()
-            .filter_map(|n| object_info(n.id, &n.labels.unwrap_or_default()))
+            .filter_map(|n| {
+                let labels = n.labels.unwrap_or_default();
+                let object = labelled(n.id, &labels)?;
+                Some(NetworkInfo {
+                    id: object.id,
+                    name: n.name.unwrap_or_default(),
+                    branch: object.branch,
+                    slug: object.slug,
+                    commit: object.commit,
+                })
+            })
             .collect();
         Ok(inventory)
     }
@@ -693,10 +704,18 @@ fn gone_is_fine(
     }
 }
 
+/// What previewd reads back from any object's labels.
+struct Labelled {
+    id: String,
+    branch: String,
+    slug: String,
+    commit: String,
+}
+
 /// The labels previewd reads back from an object; `None` for objects missing them (made by
 /// hand with the instance label only, say), which are then never touched.
-fn object_info(id: Option<String>, labels: &HashMap<String, String>) -> Option<ObjectInfo> {
-    Some(ObjectInfo {
+fn labelled(id: Option<String>, labels: &HashMap<String, String>) -> Option<Labelled> {
+    Some(Labelled {
         id: id?,
         branch: labels.get(LABEL_BRANCH)?.clone(),
         slug: labels.get(LABEL_SLUG)?.clone(),

@@ -67,6 +67,43 @@ impl Records {
         crate::atomic::write(&self.failed_path(slug), &bytes, 0o644)
     }
 
+    /// Build logs last written longer than `age` ago.
+    pub fn old_logs(&self, age: std::time::Duration) -> Vec<PathBuf> {
+        let mut old = Vec::new();
+        let Ok(slugs) = std::fs::read_dir(&self.logs) else {
+            return old;
+        };
+        for dir in slugs.flatten() {
+            let Ok(logs) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for log in logs.flatten() {
+                let aged = log
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+                if aged {
+                    old.push(log.path());
+                }
+            }
+        }
+        old.sort();
+        old
+    }
+
+    /// Deletes `logs` (from [`Records::old_logs`]) and the slug directories left empty.
+    pub fn delete_logs(&self, logs: &[PathBuf]) {
+        for log in logs {
+            if let Err(error) = std::fs::remove_file(log) {
+                tracing::warn!(path = %log.display(), %error, "cannot delete old build log");
+            }
+            if let Some(dir) = log.parent() {
+                // Fails while the directory still holds logs; that is the point.
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+
     pub fn clear_failed(&self, slug: &str) {
         let _ = std::fs::remove_file(self.failed_path(slug));
     }
@@ -99,6 +136,33 @@ mod tests {
         assert!(tmp.path().join("builds/bad.failed.corrupt").exists());
         records.clear_failed("feature-x");
         assert!(records.load_failed().is_empty());
+    }
+
+    #[test]
+    fn old_logs_are_found_and_deleted_with_their_empty_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let records = Records::new(tmp.path());
+        for (slug, commit) in [("a", "old"), ("b", "old"), ("b", "new")] {
+            let path = records.log_path(slug, commit);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "log").unwrap();
+        }
+        let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+        for slug in ["a", "b"] {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(records.log_path(slug, "old"))
+                .unwrap();
+            file.set_modified(month_ago).unwrap();
+        }
+        let old = records.old_logs(std::time::Duration::from_secs(14 * 86_400));
+        assert_eq!(
+            old,
+            vec![records.log_path("a", "old"), records.log_path("b", "old")]
+        );
+        records.delete_logs(&old);
+        assert!(!tmp.path().join("logs/a").exists(), "empty dir removed");
+        assert!(records.log_path("b", "new").exists(), "recent log kept");
     }
 
     #[test]

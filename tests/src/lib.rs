@@ -64,6 +64,8 @@ pub struct Env {
     binary: PathBuf,
     /// The engine the daemon and the Docker checks talk to; `None` is the default engine.
     docker_host: Option<String>,
+    /// More flags for `previewd run`.
+    daemon_args: Vec<String>,
     daemon: Option<Child>,
     starts: usize,
 }
@@ -97,6 +99,7 @@ impl Env {
             http_port: free_port(),
             binary: PathBuf::from(binary),
             docker_host: None,
+            daemon_args: Vec::new(),
             daemon: None,
             starts: 0,
         };
@@ -127,6 +130,23 @@ impl Env {
         self.docker_host = Some(host.to_owned());
     }
 
+    /// Adds flags to `previewd run` for every later [`Env::start`].
+    pub fn daemon_args(&mut self, args: &[&str]) {
+        self.daemon_args.extend(args.iter().map(|a| a.to_string()));
+    }
+
+    /// `previewd <args> --state-dir <state>`: its exit status and standard output.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = run(Command::new(&self.binary)
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// The `docker` CLI, talking to this world's engine.
     fn docker(&self) -> Command {
         let mut cmd = Command::new("docker");
@@ -151,6 +171,7 @@ impl Env {
         if let Some(host) = &self.docker_host {
             cmd.args(["--docker-host", host]);
         }
+        cmd.args(&self.daemon_args);
         let child = cmd
             .env("RUST_LOG", "previewd=debug,previewd_proxy=info")
             .stdout(Stdio::null())

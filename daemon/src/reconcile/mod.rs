@@ -3,7 +3,9 @@
 //! apply — and publishes a whole new route table. Triggers carry no payload, so a missed one
 //! costs nothing.
 
+mod collection;
 pub mod deploy;
+pub mod expiry;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -23,6 +25,7 @@ use crate::mirror::{self, MirrorError};
 use crate::slug;
 use crate::state::Records;
 use deploy::{DeployContext, DeployFailure, Phase};
+use expiry::Expiry;
 use plan::{Action, FailedBuild, Flight, PreviewStatus, RetireGuard, Unreadable, Verdict, World};
 
 /// A request to reconcile now. A poke may ask for the previews' state after the pass.
@@ -46,6 +49,8 @@ pub enum PassError {
 
 /// How often the world is re-read when nothing triggered a pass.
 const RESYNC: Duration = Duration::from_secs(30);
+/// How often old build logs are looked for.
+const LOG_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// A preview whose app stops this often within [`RESTART_WINDOW`] is marked failed.
 const RESTART_BUDGET: usize = 3;
 const RESTART_WINDOW: Duration = Duration::from_secs(600);
@@ -59,6 +64,22 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Longest wait between failing passes: a recovered engine is noticed within this.
 const PASS_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One look at git and Docker, with the operator's limits applied.
+struct Observed {
+    inventory: Inventory,
+    /// Previews git wants, by slug.
+    wanted: BTreeMap<String, PreviewRef>,
+    unreadable: BTreeMap<String, Unreadable>,
+    /// Open branches whose previews the limits drop, by branch.
+    expired: BTreeMap<String, Expiry>,
+}
+
+/// `previewd gc`: what collection would remove; with `apply`, a pass then removes it.
+pub struct GcRequest {
+    pub apply: bool,
+    pub reply: oneshot::Sender<Result<Vec<String>, String>>,
+}
 
 struct InFlight {
     commit: String,
@@ -103,10 +124,16 @@ pub struct Reconciler {
     tips: BTreeMap<String, (String, Instant)>,
     /// Previews whose deploy a newer push cancelled: they deploy once pushes pause.
     bursting: BTreeSet<String>,
+    /// Expired branches already logged, so each is logged once.
+    expired_reported: BTreeMap<String, Expiry>,
+    /// When old build logs were last looked for.
+    logs_pruned: Option<Instant>,
     /// Unreadable branches already logged, so each is logged once, not every pass.
     unreadable_reported: BTreeMap<String, String>,
     /// Patch ids of commits already seen, so "merged" stays cheap scan after scan.
     patch_ids: Arc<Mutex<PatchIdCache>>,
+    /// `previewd gc` asked for this pass: removals need no second look.
+    removals_confirmed: bool,
     /// While passes fail: how long the last backoff was.
     failing: Option<Duration>,
     /// A pass is due then even without a trigger (a held removal, a backoff ending).
@@ -138,12 +165,15 @@ impl Reconciler {
             gone: BTreeSet::new(),
             restarts: HashMap::new(),
             unreadable_reported: BTreeMap::new(),
+            expired_reported: BTreeMap::new(),
+            logs_pruned: None,
             tips: BTreeMap::new(),
             bursting: BTreeSet::new(),
             patch_ids: Arc::new(Mutex::new(PatchIdCache::new())),
             backoff: BTreeMap::new(),
             recheck_at: None,
             failing: None,
+            removals_confirmed: false,
             reports_tx,
             reports_rx,
         }
@@ -172,7 +202,12 @@ impl Reconciler {
 
     /// Reconciles on every trigger and every [`RESYNC`] until `shutdown`. Deploys in flight
     /// are abandoned on shutdown; running previews are left running for the next start.
-    pub async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut triggers: mpsc::Receiver<Trigger>,
+        mut gc: mpsc::Receiver<GcRequest>,
+        shutdown: CancellationToken,
+    ) {
         let mut resync = tokio::time::interval(RESYNC);
         resync.tick().await;
         loop {
@@ -181,6 +216,15 @@ impl Reconciler {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(trigger) = triggers.recv() => replies.extend(trigger.reply),
+                Some(request) = gc.recv() => {
+                    let report = self.collectable().await.map_err(|e| e.to_string());
+                    let _ = request.reply.send(report);
+                    if !request.apply {
+                        continue;
+                    }
+                    // An operator asking for collection is the second look removals wait for.
+                    self.removals_confirmed = true;
+                }
                 Some(report) = self.reports_rx.recv() => self.settle(report),
                 _ = resync.tick() => {}
                 () = sleep_until(recheck), if recheck.is_some() => self.recheck_at = None,
@@ -277,19 +321,99 @@ impl Reconciler {
     }
 
     /// Observe, plan, publish, apply, publish.
-    pub async fn pass(&mut self) -> Result<(), PassError> {
+    /// Reads git and Docker, and applies the operator's limits to what git wants.
+    async fn observe(&mut self) -> Result<Observed, PassError> {
         let (mirror_path, main) = (self.config.mirror.clone(), self.config.main_branch.clone());
         let (rule, patch_ids) = (self.config.merged, self.patch_ids.clone());
-        let desired = tokio::task::spawn_blocking(move || {
+        let mut desired = tokio::task::spawn_blocking(move || {
             let mut patch_ids = patch_ids.lock().unwrap_or_else(PoisonError::into_inner);
             mirror::scan(&mirror_path, &main, rule, &mut patch_ids)
         })
         .await??;
         let inventory = self.runtime.inventory().await?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let expired = expiry::expire(
+            &desired,
+            self.config.expire_idle,
+            self.config.max_previews,
+            now,
+        );
+        for branch in expired.keys() {
+            desired.branches.remove(branch);
+        }
+        let (wanted, unreadable) = self.assign(&desired, &inventory);
+        Ok(Observed {
+            inventory,
+            wanted,
+            unreadable,
+            expired,
+        })
+    }
+
+    /// What a pass now would remove, described for `previewd gc`, without removing it.
+    async fn collectable(&mut self) -> Result<Vec<String>, PassError> {
+        let observed = self.observe().await?;
+        let flights = self.flights();
+        let actions = plan::plan(&World {
+            wanted: &observed.wanted,
+            unreadable: &observed.unreadable,
+            inventory: &observed.inventory,
+            in_flight: &flights,
+            failed: &self.failed,
+        });
+        let mut lines = collection::describe(&actions, &observed.inventory, &observed.expired);
+        let logs = self.records.clone();
+        let keep = self.config.keep_logs;
+        let old = tokio::task::spawn_blocking(move || logs.old_logs(keep)).await?;
+        lines.extend(old.iter().map(|p| {
+            format!(
+                "build log {} (older than {} days)",
+                p.display(),
+                keep.as_secs() / 86_400
+            )
+        }));
+        Ok(lines)
+    }
+
+    /// Deletes build logs older than the configured age, at most once an hour.
+    async fn prune_logs(&mut self) {
+        if self
+            .logs_pruned
+            .is_some_and(|at| at.elapsed() < LOG_PRUNE_EVERY)
+        {
+            return;
+        }
+        self.logs_pruned = Some(Instant::now());
+        let (records, keep) = (self.records.clone(), self.config.keep_logs);
+        let pruned = tokio::task::spawn_blocking(move || {
+            let old = records.old_logs(keep);
+            records.delete_logs(&old);
+            old.len()
+        })
+        .await;
+        if let Ok(count @ 1..) = pruned {
+            tracing::info!(count, "deleted old build logs");
+        }
+    }
+
+    pub async fn pass(&mut self) -> Result<(), PassError> {
+        let Observed {
+            inventory,
+            wanted,
+            unreadable,
+            expired,
+        } = self.observe().await?;
         let live_ids: BTreeSet<&str> = inventory.containers.iter().map(|c| c.id.as_str()).collect();
         self.restarts.retain(|id, _| live_ids.contains(id.as_str()));
-
-        let (wanted, unreadable) = self.assign(&desired, &inventory);
+        for (branch, why) in &expired {
+            if self.expired_reported.get(branch) != Some(why) {
+                tracing::info!(%branch, reason = %why, "preview expired");
+            }
+        }
+        self.expired_reported = expired;
+        self.prune_logs().await;
         let now = Instant::now();
         self.tips = wanted
             .iter()
@@ -351,7 +475,12 @@ impl Reconciler {
             })
             .collect();
         let now = Instant::now();
-        if let Verdict::HoldUntil(at) = self.guard.check(&retiring, now) {
+        let verdict = if std::mem::take(&mut self.removals_confirmed) {
+            Verdict::Proceed
+        } else {
+            self.guard.check(&retiring, now)
+        };
+        if let Verdict::HoldUntil(at) = verdict {
             tracing::warn!(
                 previews = retiring.len(),
                 threshold = self.config.mass_removal_threshold,

@@ -359,7 +359,7 @@ impl RetireGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::{ImageInfo, ObjectInfo};
+    use crate::docker::{ImageInfo, NetworkInfo};
     use std::net::SocketAddr;
 
     const OLD: &str = "1111111111111111111111111111111111111111";
@@ -394,9 +394,10 @@ mod tests {
         }
     }
 
-    fn object(id: &str, slug: &str, commit: &str) -> ObjectInfo {
-        ObjectInfo {
+    fn network(id: &str, slug: &str, commit: &str) -> NetworkInfo {
+        NetworkInfo {
             id: id.into(),
+            name: format!("previewd-t-{slug}"),
             branch: format!("branch/{slug}"),
             slug: slug.into(),
             commit: commit.into(),
@@ -486,7 +487,7 @@ mod tests {
             inventory: Inventory {
                 containers: vec![container("c1", "a", NEW, true)],
                 images: vec![image("i1", "a", NEW)],
-                networks: vec![object("n1", "a", NEW)],
+                networks: vec![network("n1", "a", NEW)],
             },
             ..Case::default()
         };
@@ -764,7 +765,7 @@ mod tests {
             inventory: Inventory {
                 containers: vec![container("c", "gone", OLD, true)],
                 images: vec![image("i", "gone", OLD)],
-                networks: vec![object("n", "gone", OLD)],
+                networks: vec![network("n", "gone", OLD)],
             },
             ..Case::default()
         };
