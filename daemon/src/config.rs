@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::health::HealthCheck;
 use crate::merged::MergedRule;
 
 /// Flags of `previewd run`. Every one of them can also be set in the `--config` file.
@@ -79,6 +80,19 @@ struct FileConfig {
     expire_idle_days: Option<u64>,
     max_previews: Option<usize>,
     keep_logs_days: Option<u64>,
+    health: Option<FileHealth>,
+}
+
+/// The `[health]` table: when a new version may take traffic.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHealth {
+    path: Option<String>,
+    /// 0 or absent: any status below 500.
+    status: Option<u16>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    start_period_s: Option<u64>,
 }
 
 /// Validated settings of a running daemon.
@@ -106,6 +120,7 @@ pub struct Config {
     pub max_previews: Option<usize>,
     /// Build logs older than this are deleted.
     pub keep_logs: Duration,
+    pub health: HealthCheck,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +147,8 @@ pub enum ConfigError {
     MainBranch(String),
     #[error("invalid build_concurrency 0: at least one build must be able to run")]
     NoBuilds,
+    #[error("invalid [health] {0}")]
+    Health(&'static str),
     #[error("invalid merged rule {0:?}: expected \"patch-id\" or \"ancestry\"")]
     MergedRule(String),
 }
@@ -179,6 +196,7 @@ impl Config {
                 0 => None,
                 n => Some(n),
             },
+            health: health(file.health.unwrap_or_default())?,
             keep_logs: days_to_duration(pick(&args.keep_logs_days, file.keep_logs_days, || 14)),
             mass_removal_threshold: pick(
                 &args.mass_removal_threshold,
@@ -210,6 +228,41 @@ impl Config {
 /// Where the control socket of the daemon using `state_dir` lives.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("previewd.sock")
+}
+
+fn health(file: FileHealth) -> Result<HealthCheck, ConfigError> {
+    let default = HealthCheck::default();
+    let path = file.path.unwrap_or(default.path);
+    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(ConfigError::Health(
+            "path: expected an absolute path without spaces, e.g. /healthz",
+        ));
+    }
+    let status = match file.status {
+        None | Some(0) => None,
+        Some(code @ 100..=599) => Some(code),
+        Some(_) => {
+            return Err(ConfigError::Health(
+                "status: expected 100 to 599, or 0 for any below 500",
+            ))
+        }
+    };
+    let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+    let check = HealthCheck {
+        path,
+        status,
+        interval: ms(file.interval_ms, default.interval),
+        timeout: ms(file.timeout_ms, default.timeout),
+        start_period: file
+            .start_period_s
+            .map_or(default.start_period, Duration::from_secs),
+    };
+    if check.interval.is_zero() || check.timeout.is_zero() || check.start_period.is_zero() {
+        return Err(ConfigError::Health(
+            "interval_ms, timeout_ms and start_period_s must be above 0",
+        ));
+    }
+    Ok(check)
 }
 
 fn days_to_duration(days: u64) -> Duration {
@@ -304,6 +357,7 @@ mod tests {
         assert_eq!(c.expire_idle, None);
         assert_eq!(c.max_previews, None);
         assert_eq!(c.keep_logs, Duration::from_secs(14 * 86_400));
+        assert_eq!(c.health, HealthCheck::default());
         assert_eq!(c.socket_path(), PathBuf::from(".previewd/previewd.sock"));
     }
 
@@ -318,6 +372,12 @@ mod tests {
             main = "trunk"
             expire_idle_days = 30
             max_previews = 20
+
+            [health]
+            path = "/healthz"
+            status = 204
+            interval_ms = 100
+            start_period_s = 120
             "#,
         )
         .unwrap();
@@ -327,6 +387,11 @@ mod tests {
         assert_eq!(c.main_branch, "trunk");
         assert_eq!(c.expire_idle, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(c.max_previews, Some(20));
+        assert_eq!(c.health.path, "/healthz");
+        assert_eq!(c.health.status, Some(204));
+        assert_eq!(c.health.interval, Duration::from_millis(100));
+        assert_eq!(c.health.timeout, Duration::from_secs(2));
+        assert_eq!(c.health.start_period, Duration::from_secs(120));
         assert_eq!(c.preview_url("x"), "https://x.preview.example.com/");
     }
 
@@ -370,6 +435,10 @@ mod tests {
             ("main = \"a..b\"", "invalid main branch"),
             ("build_concurrency = 0", "invalid build_concurrency"),
             ("merged = \"squash\"", "invalid merged rule"),
+            ("[health]\npath = \"healthz\"", "invalid [health] path"),
+            ("[health]\nstatus = 700", "invalid [health] status"),
+            ("[health]\ninterval_ms = 0", "invalid [health] interval_ms"),
+            ("[health]\nretries = 3", "config file"),
         ] {
             let err = from_toml(text).unwrap_err().to_string();
             assert!(err.starts_with(expect), "{text}: {err}");

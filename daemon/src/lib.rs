@@ -13,7 +13,7 @@ mod daemon;
 pub mod docker;
 mod dockerignore;
 mod events;
-mod health;
+pub mod health;
 mod hook;
 pub mod merged;
 pub mod mirror;

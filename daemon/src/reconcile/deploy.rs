@@ -10,12 +10,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use crate::docker::{self, DockerError, PreviewRef, Runtime};
-use crate::{health, mirror, state};
+use crate::health::HealthCheck;
+use crate::{mirror, state};
 
-/// How long a started container has to answer before the deploy fails.
-const READY_DEADLINE: Duration = Duration::from_secs(60);
-/// Pause between readiness probes: short, since it is added to every push-to-live.
-const READY_POLL: Duration = Duration::from_millis(25);
 /// Lines of build or container log shown on a failure page.
 pub const LOG_TAIL_LINES: usize = 40;
 
@@ -29,6 +26,8 @@ pub struct DeployContext {
     pub url: String,
     /// Build slots: builds beyond the configured concurrency wait here, in order.
     pub builds: Arc<Semaphore>,
+    /// When a new container may take traffic.
+    pub health: HealthCheck,
     /// Where the deploy says it waits for, or got, a build slot.
     pub phases: mpsc::UnboundedSender<Phase>,
 }
@@ -95,7 +94,7 @@ pub async fn deploy(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), Dep
     ];
     let container = ctx.runtime.run(preview, port, env).await?;
     let ready = match container.upstream {
-        Some(upstream) => wait_ready(&ctx.runtime, &container.id, upstream).await,
+        Some(upstream) => wait_ready(ctx, &container.id, upstream).await,
         None => Err("the container stopped before it got an address".to_owned()),
     };
     if let Err(reason) = ready {
@@ -179,33 +178,39 @@ async fn build(ctx: &DeployContext, preview: &PreviewRef, tree: &str) -> Result<
     }
 }
 
-/// Polls until the app answers, the container stops, or the deadline passes.
+/// Polls until the app answers, the container stops, or the start period is over.
 async fn wait_ready(
-    runtime: &Runtime,
+    ctx: &DeployContext,
     id: &str,
     upstream: std::net::SocketAddr,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + READY_DEADLINE;
+    let health = &ctx.health;
+    let deadline = Instant::now() + health.start_period;
     let mut next_liveness_check = Instant::now();
     loop {
-        if health::answers(upstream).await {
+        if health.passes(upstream).await {
             return Ok(());
         }
         let now = Instant::now();
         if now >= deadline {
+            let expected = match health.status {
+                Some(status) => format!("status {status}"),
+                None => "a status below 500".into(),
+            };
             return Err(format!(
-                "the app did not answer HTTP on port {} within {} s",
+                "the app did not answer GET {} on port {} with {expected} within {} s",
+                health.path,
                 upstream.port(),
-                READY_DEADLINE.as_secs()
+                health.start_period.as_secs()
             ));
         }
         // Asking the engine on every probe would double its load for nothing.
         if now >= next_liveness_check {
-            if runtime.has_stopped(id).await {
+            if ctx.runtime.has_stopped(id).await {
                 return Err("the container exited before it answered".into());
             }
             next_liveness_check = now + Duration::from_secs(1);
         }
-        tokio::time::sleep(READY_POLL).await;
+        tokio::time::sleep(health.interval).await;
     }
 }

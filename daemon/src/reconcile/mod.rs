@@ -628,6 +628,7 @@ impl Reconciler {
             records: self.records.clone(),
             url: self.config.preview_url(&preview.slug),
             builds: self.builds.clone(),
+            health: self.config.health.clone(),
             phases: phases_tx,
         };
         let reports = self.reports_tx.clone();
