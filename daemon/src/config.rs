@@ -411,6 +411,31 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_lists_valid_keys_with_their_defaults() {
+        // Uncomment every setting of the shipped example: it must parse, and (but for the
+        // paths it sets for a host install) give the embedded defaults.
+        let example = include_str!("../../systemd/previewd.toml.example");
+        let text: String = example
+            .lines()
+            .filter_map(|l| {
+                let setting = l.strip_prefix('#')?;
+                let is_setting = setting.starts_with('[')
+                    || setting.split_once(" = ").is_some_and(|(k, _)| {
+                        k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    });
+                is_setting.then(|| format!("{setting}\n"))
+            })
+            .collect();
+        let c = from_toml(&text).unwrap();
+        let defaults = from_toml("").unwrap();
+        assert_eq!(c.health, defaults.health);
+        assert_eq!(c.domain, defaults.domain);
+        assert_eq!(c.build_concurrency, defaults.build_concurrency);
+        assert_eq!(c.merged, defaults.merged);
+        assert_eq!(c.keep_logs, defaults.keep_logs);
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = from_toml("domian = \"x.test\"").unwrap_err();
         assert!(err.to_string().contains("unknown field `domian`"), "{err}");
