@@ -320,7 +320,6 @@ impl Reconciler {
         }
     }
 
-    /// Observe, plan, publish, apply, publish.
     /// Reads git and Docker, and applies the operator's limits to what git wants.
     async fn observe(&mut self) -> Result<Observed, PassError> {
         let (mirror_path, main) = (self.config.mirror.clone(), self.config.main_branch.clone());
@@ -398,43 +397,17 @@ impl Reconciler {
         }
     }
 
+    /// Observe, plan, publish, apply, publish.
     pub async fn pass(&mut self) -> Result<(), PassError> {
+        let observed = self.observe().await?;
+        self.track(&observed);
+        self.prune_logs().await;
         let Observed {
             inventory,
             wanted,
             unreadable,
-            expired,
-        } = self.observe().await?;
-        let live_ids: BTreeSet<&str> = inventory.containers.iter().map(|c| c.id.as_str()).collect();
-        self.restarts.retain(|id, _| live_ids.contains(id.as_str()));
-        for (branch, why) in &expired {
-            if self.expired_reported.get(branch) != Some(why) {
-                tracing::info!(%branch, reason = %why, "preview expired");
-            }
-        }
-        self.expired_reported = expired;
-        self.prune_logs().await;
-        let now = Instant::now();
-        self.tips = wanted
-            .iter()
-            .map(|(slug, p)| {
-                let since = match self.tips.get(slug) {
-                    Some((commit, since)) if *commit == p.commit => *since,
-                    _ => now,
-                };
-                (slug.clone(), (p.commit.clone(), since))
-            })
-            .collect();
-        self.bursting.retain(|slug| wanted.contains_key(slug));
-        for u in unreadable.values() {
-            if self.unreadable_reported.get(&u.branch) != Some(&u.reason) {
-                tracing::warn!(branch = %u.branch, reason = %u.reason, "cannot read branch; keeping its preview as it is");
-            }
-        }
-        self.unreadable_reported = unreadable
-            .values()
-            .map(|u| (u.branch.clone(), u.reason.clone()))
-            .collect();
+            ..
+        } = observed;
         let flights = self.flights();
         let world = World {
             wanted: &wanted,
@@ -462,6 +435,49 @@ impl Reconciler {
         };
         self.publish(&world);
         Ok(())
+    }
+
+    /// Keeps what passes remember between them in step with what was just observed: restart
+    /// counts of containers that exist, when each tip last moved, and which expired or
+    /// unreadable branches were already logged (each is logged once, not every pass).
+    fn track(&mut self, observed: &Observed) {
+        let live_ids: BTreeSet<&str> = observed
+            .inventory
+            .containers
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect();
+        self.restarts.retain(|id, _| live_ids.contains(id.as_str()));
+        let now = Instant::now();
+        self.tips = observed
+            .wanted
+            .iter()
+            .map(|(slug, p)| {
+                let since = match self.tips.get(slug) {
+                    Some((commit, since)) if *commit == p.commit => *since,
+                    _ => now,
+                };
+                (slug.clone(), (p.commit.clone(), since))
+            })
+            .collect();
+        self.bursting
+            .retain(|slug| observed.wanted.contains_key(slug));
+        for (branch, why) in &observed.expired {
+            if self.expired_reported.get(branch) != Some(why) {
+                tracing::info!(%branch, reason = %why, "preview expired");
+            }
+        }
+        self.expired_reported = observed.expired.clone();
+        for u in observed.unreadable.values() {
+            if self.unreadable_reported.get(&u.branch) != Some(&u.reason) {
+                tracing::warn!(branch = %u.branch, reason = %u.reason, "cannot read branch; keeping its preview as it is");
+            }
+        }
+        self.unreadable_reported = observed
+            .unreadable
+            .values()
+            .map(|u| (u.branch.clone(), u.reason.clone()))
+            .collect();
     }
 
     /// Drops what must wait: removals of many previews at once until a second look agrees,
