@@ -41,7 +41,7 @@ grep -q '^ExecStart=/usr/local/bin/previewd ' "$unit" || {
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # The copy keeps the unit's name: verify derives the unit name from the file name.
-sed "s|^ExecStart=/usr/local/bin/previewd |ExecStart=$binary |" "$unit" >"$tmp/previewd.service"
+sed -E "s|^(ExecStart(Pre)?=)/usr/local/bin/previewd |\1$binary |" "$unit" >"$tmp/previewd.service"
 
 status=0
 output=$(cd "$tmp" && systemd-analyze verify "$tmp/previewd.service" 2>&1) || status=$?

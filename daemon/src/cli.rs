@@ -46,12 +46,24 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = ".previewd")]
         state_dir: PathBuf,
     },
+    /// Check settings without running anything
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Called by the git hooks previewd installs into its mirror
     #[command(hide = true)]
     Hook {
         #[command(subcommand)]
         hook: HookCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the flags and config file `previewd run` would get, print the result, exit 2
+    /// if they are wrong (systemd's ExecStartPre runs it)
+    Check(Box<RunArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +112,18 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => match Config::load(&args) {
+            Ok(config) => {
+                println!("{config:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("previewd: {error}");
+                ExitCode::from(USAGE)
+            }
+        },
         Command::Gc { dry_run, state_dir } => {
             let socket = crate::config::socket_path(&state_dir);
             match runtime.block_on(control::gc(&socket, !dry_run)) {

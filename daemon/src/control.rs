@@ -2,6 +2,7 @@
 //! CLI (`previewd ls`) and by the git hook (poke). The server only reads the published status
 //! and sends triggers; it never touches git or Docker itself.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,10 +56,15 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         }
         let _ = std::fs::remove_file(path);
     }
-    UnixListener::bind(path).map_err(|source| ControlError::Bind {
+    let bind_err = |source| ControlError::Bind {
         path: path.to_owned(),
         source,
-    })
+    };
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    // The git hook runs as whoever pushes: members of the state dir's group may talk to the
+    // daemon, others may not.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    Ok(listener)
 }
 
 /// What the control API reads and asks the reconciler through.

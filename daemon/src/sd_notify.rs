@@ -7,6 +7,14 @@ pub fn ready() {
     send("READY=1");
 }
 
+/// Tells systemd's watchdog the reconcile loop is alive, when the unit asks for that
+/// (`WatchdogSec=` sets `$WATCHDOG_USEC`).
+pub fn watchdog() {
+    if std::env::var_os("WATCHDOG_USEC").is_some() {
+        send("WATCHDOG=1");
+    }
+}
+
 /// Tells systemd previewd is stopping.
 pub fn stopping() {
     send("STOPPING=1");

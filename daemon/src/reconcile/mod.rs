@@ -244,6 +244,8 @@ impl Reconciler {
                 continue;
             }
             self.pass_logged().await;
+            // A pass ran to its end, failed or not: the loop is alive.
+            crate::sd_notify::watchdog();
             let rows = self.status.load_full();
             for reply in replies {
                 let _ = reply.send(rows.as_ref().clone());
