@@ -21,4 +21,6 @@ pub mod reconcile;
 mod sd_notify;
 pub mod slug;
 mod state;
+#[cfg(test)]
+mod test_git;
 mod watch;

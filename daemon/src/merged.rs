@@ -306,8 +306,8 @@ impl<K: Eq + Hash + Copy, V: Copy> Generations<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_git::git;
     use std::path::Path;
-    use std::process::Command;
 
     /// A work repository in a temp dir, driven with the `git` CLI.
     struct Work {
@@ -362,26 +362,6 @@ mod tests {
                 .map(|line| &line[..1])
                 .collect()
         }
-    }
-
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
     }
 
     /// `f` at base; main moves on.

@@ -355,25 +355,8 @@ fn append_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_git::git;
     use std::io::Read;
-    use std::process::Command;
-
-    fn git(dir: &Path, args: &[&str]) {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 
     /// A work repository with main and two branches pushed into a fresh mirror.
     fn fixture() -> (tempfile::TempDir, PathBuf, PathBuf) {

@@ -245,9 +245,8 @@ impl Env {
             .env("HOME", &self.root))
     }
 
-    /// Checks out `branch` (from `main` if new), sets the site's content and commits.
-    /// Returns the new commit id.
-    pub fn commit_site(&self, branch: &str, content: &str) -> String {
+    /// Checks out `branch`, creating it from `main` if it does not exist yet.
+    pub fn checkout(&self, branch: &str) {
         let exists = self
             .git_output(&[
                 "rev-parse",
@@ -262,6 +261,12 @@ impl Env {
         } else {
             self.git(&["checkout", "-q", "-b", branch, "main"]);
         }
+    }
+
+    /// Checks out `branch` (from `main` if new), sets the site's content and commits.
+    /// Returns the new commit id.
+    pub fn commit_site(&self, branch: &str, content: &str) -> String {
+        self.checkout(branch);
         std::fs::write(self.work.join("www/index.html"), content).unwrap();
         self.git(&["commit", "-q", "-am", content]);
         self.git(&["rev-parse", "HEAD"]).trim().to_owned()

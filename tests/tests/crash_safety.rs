@@ -40,20 +40,7 @@ struct Expected {
 /// Commits `content` to `www/<branch>.txt` on `branch` (created from main if new). Each
 /// branch touches only its own file, so merges never conflict.
 fn commit_file(env: &Env, branch: &str, content: &str) -> String {
-    let exists = env
-        .git_output(&[
-            "rev-parse",
-            "--verify",
-            "-q",
-            &format!("refs/heads/{branch}"),
-        ])
-        .status
-        .success();
-    if exists {
-        env.git(&["checkout", "-q", branch]);
-    } else {
-        env.git(&["checkout", "-q", "-b", branch, "main"]);
-    }
+    env.checkout(branch);
     std::fs::write(env.work.join(format!("www/{branch}.txt")), content).unwrap();
     env.git(&["add", "-A"]);
     env.git(&["commit", "-q", "-m", content]);
