@@ -3,7 +3,7 @@
 //! must not touch refs, the index, or anything outside the object database.
 //!
 //! Everything here is blocking git2 work, like [`crate::mirror`]: run it inside
-//! `spawn_blocking`. The [`PatchIdCache`] holds no git2 objects, so it can live across passes.
+//! `spawn_blocking`. The [`MergedCache`] holds no git2 objects, so it can live across passes.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -11,7 +11,7 @@ use std::hash::Hash;
 use git2::{ErrorCode, Oid, Repository, Sort, Tree};
 
 /// How merged-ness is decided.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum MergedRule {
     /// The tip is main's tip or one of its ancestors.
     Ancestry,
@@ -35,34 +35,38 @@ const BRANCH_SIDE_LIMIT: usize = 2_000;
 /// bytes each) and as many branch ranges.
 const CACHE_GENERATION: usize = 50_000;
 
-/// Remembers patch ids of commits across scans (a commit's patch id never changes), so a scan of
-/// many branches stays cheap. Holds no git2 objects, so it is `Send`; the caller owns it.
+/// Remembers across scans what deciding merged-ness costs: each commit's patch id and each
+/// (tip, main) answer, none of which can change, so a scan of many branches stays cheap. Holds no git2 objects, so it is `Send`; the caller owns it.
 /// Bounded: when full, entries not used since the previous fill are forgotten and recomputed
 /// on demand.
 #[derive(Debug)]
-pub struct PatchIdCache {
+pub struct MergedCache {
     /// Per commit: what it contributes to patch-id matching.
     commits: Generations<Oid, CommitPatch>,
     /// Per (merge base, tip): the patch id of the branch's whole change, `None` when empty.
     ranges: Generations<(Oid, Oid), Option<Oid>>,
+    /// Per (tip, main, rule): the answer. Objects never change, so neither does it, and a
+    /// scan where main did not move answers every branch from here.
+    verdicts: Generations<(Oid, Oid, MergedRule), bool>,
 }
 
-impl PatchIdCache {
+impl MergedCache {
     /// An empty cache.
     pub fn new() -> Self {
         Self::with_generation(CACHE_GENERATION)
     }
 
     fn with_generation(capacity: usize) -> Self {
-        PatchIdCache {
+        MergedCache {
             commits: Generations::new(capacity),
             ranges: Generations::new(capacity),
+            verdicts: Generations::new(capacity),
         }
     }
 
     /// How many commits and branch ranges are remembered.
     pub fn len(&self) -> usize {
-        self.commits.len() + self.ranges.len()
+        self.commits.len() + self.ranges.len() + self.verdicts.len()
     }
 
     /// Whether nothing is remembered yet.
@@ -71,7 +75,7 @@ impl PatchIdCache {
     }
 }
 
-impl Default for PatchIdCache {
+impl Default for MergedCache {
     fn default() -> Self {
         Self::new()
     }
@@ -109,9 +113,14 @@ pub fn is_merged(
     tip: Oid,
     main: Oid,
     rule: MergedRule,
-    cache: &mut PatchIdCache,
+    cache: &mut MergedCache,
 ) -> Result<bool, git2::Error> {
-    is_merged_within(repo, tip, main, rule, cache, MAIN_SIDE_LIMIT)
+    if let Some(verdict) = cache.verdicts.get(&(tip, main, rule)) {
+        return Ok(verdict);
+    }
+    let verdict = is_merged_within(repo, tip, main, rule, cache, MAIN_SIDE_LIMIT)?;
+    cache.verdicts.insert((tip, main, rule), verdict);
+    Ok(verdict)
 }
 
 fn is_merged_within(
@@ -119,7 +128,7 @@ fn is_merged_within(
     tip: Oid,
     main: Oid,
     rule: MergedRule,
-    cache: &mut PatchIdCache,
+    cache: &mut MergedCache,
     main_limit: usize,
 ) -> Result<bool, git2::Error> {
     if tip == main || repo.graph_descendant_of(main, tip)? {
@@ -135,7 +144,7 @@ fn patch_equivalent(
     repo: &Repository,
     tip: Oid,
     main: Oid,
-    cache: &mut PatchIdCache,
+    cache: &mut MergedCache,
     main_limit: usize,
 ) -> Result<bool, git2::Error> {
     let base = match repo.merge_base(tip, main) {
@@ -169,7 +178,7 @@ fn main_side(
     repo: &Repository,
     tip: Oid,
     main: Oid,
-    cache: &mut PatchIdCache,
+    cache: &mut MergedCache,
     limit: usize,
 ) -> Result<HashSet<Oid>, git2::Error> {
     let mut walk = repo.revwalk()?;
@@ -202,7 +211,7 @@ fn every_commit_on(
     tip: Oid,
     main: Oid,
     on_main: &HashSet<Oid>,
-    cache: &mut PatchIdCache,
+    cache: &mut MergedCache,
 ) -> Result<bool, git2::Error> {
     let mut walk = repo.revwalk()?;
     walk.push(tip)?;
@@ -226,7 +235,7 @@ fn every_commit_on(
 fn commit_patch(
     repo: &Repository,
     oid: Oid,
-    cache: &mut PatchIdCache,
+    cache: &mut MergedCache,
 ) -> Result<CommitPatch, git2::Error> {
     if let Some(patch) = cache.commits.get(&oid) {
         return Ok(patch);
@@ -350,7 +359,7 @@ mod tests {
                 .id()
         }
 
-        fn merged(&self, branch: &str, rule: MergedRule, cache: &mut PatchIdCache) -> bool {
+        fn merged(&self, branch: &str, rule: MergedRule, cache: &mut MergedCache) -> bool {
             let (tip, main) = (self.oid(branch), self.oid("main"));
             is_merged(&self.repo, tip, main, rule, cache).unwrap()
         }
@@ -606,7 +615,7 @@ mod tests {
     fn merged_by_rule() {
         for case in CASES {
             let w = (case.fixture)();
-            let mut cache = PatchIdCache::new();
+            let mut cache = MergedCache::new();
             let name = case.name;
             let by_ancestry = w.merged("f", MergedRule::Ancestry, &mut cache);
             assert_eq!(by_ancestry, case.ancestry, "{name}: ancestry");
@@ -625,7 +634,7 @@ mod tests {
             let name = case.name;
             assert_eq!(w.cherry("f"), case.cherry, "{name}: git cherry main f");
             let all_in_main = !case.cherry.is_empty() && !case.cherry.contains('+');
-            let ours = w.merged("f", MergedRule::PatchId, &mut PatchIdCache::new());
+            let ours = w.merged("f", MergedRule::PatchId, &mut MergedCache::new());
             if all_in_main && !STRICTER_THAN_GIT_CHERRY.contains(&name) {
                 assert!(ours, "{name}: git cherry says merged");
             }
@@ -635,7 +644,7 @@ mod tests {
     #[test]
     fn cache_is_reused_and_gives_the_same_answer() {
         let w = rebase_merged();
-        let mut cache = PatchIdCache::default();
+        let mut cache = MergedCache::default();
         assert!(cache.is_empty());
         assert!(w.merged("f", MergedRule::PatchId, &mut cache));
         // base, main moves, two picks on main; two commits on f.
@@ -645,7 +654,7 @@ mod tests {
         assert_eq!(cache.len(), len, "nothing recomputed");
 
         let w = squash_merged();
-        let mut cache = PatchIdCache::new();
+        let mut cache = MergedCache::new();
         assert!(w.merged("f", MergedRule::PatchId, &mut cache));
         assert_eq!(cache.ranges.len(), 1);
         let len = cache.len();
@@ -656,7 +665,7 @@ mod tests {
     #[test]
     fn a_tiny_cache_still_answers_right() {
         let w = squash_merged();
-        let mut cache = PatchIdCache::with_generation(1);
+        let mut cache = MergedCache::with_generation(1);
         for _ in 0..3 {
             assert!(w.merged("f", MergedRule::PatchId, &mut cache));
             assert!(cache.len() <= 4, "{cache:?}");
@@ -668,7 +677,7 @@ mod tests {
         let w = rebase_merged();
         w.commit("later", "later\n", "main moves again");
         let (tip, main) = (w.oid("f"), w.oid("main"));
-        let mut cache = PatchIdCache::new();
+        let mut cache = MergedCache::new();
         let rule = MergedRule::PatchId;
         assert!(is_merged_within(&w.repo, tip, main, rule, &mut cache, 4).unwrap());
         assert!(!is_merged_within(&w.repo, tip, main, rule, &mut cache, 2).unwrap());
@@ -693,7 +702,7 @@ mod tests {
     #[test]
     fn cache_is_send_and_default_rule_is_patch_id() {
         fn send<T: Send>() {}
-        send::<PatchIdCache>();
+        send::<MergedCache>();
         assert_eq!(MergedRule::default(), MergedRule::PatchId);
     }
 }

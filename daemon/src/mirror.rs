@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use git2::{ObjectType, Oid, Repository, RepositoryInitOptions, TreeWalkMode, TreeWalkResult};
 
 use crate::dockerignore::{DockerIgnore, DockerIgnoreError, Verdict};
-use crate::merged::{self, MergedRule, PatchIdCache};
+use crate::merged::{self, MergedRule, MergedCache};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -118,7 +118,7 @@ pub fn scan(
     path: &Path,
     main_branch: &str,
     rule: MergedRule,
-    cache: &mut PatchIdCache,
+    cache: &mut MergedCache,
 ) -> Result<Desired, MirrorError> {
     let repo = Repository::open_bare(path).map_err(|source| MirrorError::Open {
         path: path.to_owned(),
@@ -404,7 +404,7 @@ mod tests {
             &mirror,
             "main",
             MergedRule::PatchId,
-            &mut PatchIdCache::new(),
+            &mut MergedCache::new(),
         )
         .unwrap();
         assert!(desired.main.is_some());
@@ -422,7 +422,7 @@ mod tests {
             &mirror,
             "trunk",
             MergedRule::PatchId,
-            &mut PatchIdCache::new(),
+            &mut MergedCache::new(),
         )
         .unwrap();
         assert_eq!(desired.main, None);
@@ -436,7 +436,7 @@ mod tests {
             &tmp.path().join("nope.git"),
             "main",
             MergedRule::PatchId,
-            &mut PatchIdCache::new()
+            &mut MergedCache::new()
         )
         .is_err());
     }
@@ -448,7 +448,7 @@ mod tests {
             &mirror,
             "main",
             MergedRule::PatchId,
-            &mut PatchIdCache::new(),
+            &mut MergedCache::new(),
         )
         .unwrap()
         .branches["feature/open"];

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::docker::{DockerError, Inventory, PreviewRef, Runtime};
-use crate::merged::PatchIdCache;
+use crate::merged::MergedCache;
 use crate::mirror::{self, MirrorError};
 use crate::slug;
 use crate::state::Records;
@@ -131,7 +131,7 @@ pub struct Reconciler {
     /// Unreadable branches already logged, so each is logged once, not every pass.
     unreadable_reported: BTreeMap<String, String>,
     /// Patch ids of commits already seen, so "merged" stays cheap scan after scan.
-    patch_ids: Arc<Mutex<PatchIdCache>>,
+    patch_ids: Arc<Mutex<MergedCache>>,
     /// `previewd gc` asked for this pass: removals need no second look.
     removals_confirmed: bool,
     /// While passes fail: how long the last backoff was.
@@ -169,7 +169,7 @@ impl Reconciler {
             logs_pruned: None,
             tips: BTreeMap::new(),
             bursting: BTreeSet::new(),
-            patch_ids: Arc::new(Mutex::new(PatchIdCache::new())),
+            patch_ids: Arc::new(Mutex::new(MergedCache::new())),
             backoff: BTreeMap::new(),
             recheck_at: None,
             failing: None,
