@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use previewd::docker::{ContainerInfo, ImageInfo, Inventory, NetworkInfo, PreviewRef};
-use previewd::merged::{MergedRule, MergedCache};
+use previewd::merged::{MergedCache, MergedRule};
 use previewd::mirror::{self, Desired};
 use previewd::reconcile::plan::{self, FailedBuild, Flight, Unreadable, World};
 use previewd::slug;

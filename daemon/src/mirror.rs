@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use git2::{ObjectType, Oid, Repository, RepositoryInitOptions, TreeWalkMode, TreeWalkResult};
 
 use crate::dockerignore::{DockerIgnore, DockerIgnoreError, Verdict};
-use crate::merged::{self, MergedRule, MergedCache};
+use crate::merged::{self, MergedCache, MergedRule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
