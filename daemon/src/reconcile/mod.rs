@@ -298,7 +298,12 @@ impl Reconciler {
                 );
             }
             Err(failure) => {
-                tracing::warn!(preview = %slug, commit = %preview.short(), "deploy failed");
+                let reason = failure
+                    .log_tail
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty());
+                tracing::warn!(preview = %slug, commit = %preview.short(), reason = reason.unwrap_or(""), "deploy failed");
                 self.record_failure(&preview, failure.log_tail);
             }
         }
@@ -621,7 +626,9 @@ impl Reconciler {
                 }
             }
             Action::RemoveImage { slug, id } => {
-                if let Err(error) = self.runtime.remove_image(&id).await {
+                if self.deploying() {
+                    tracing::debug!(preview = %slug, image = %id, "image removal waits for the deploys in flight");
+                } else if let Err(error) = self.runtime.remove_image(&id).await {
                     tracing::warn!(preview = %slug, %error, "cannot remove superseded image");
                 }
             }
@@ -708,7 +715,9 @@ impl Reconciler {
     /// Removes everything of a merged or deleted branch: containers first (they hold the
     /// image and the network), then images, then the network.
     async fn retire(&mut self, slug: &str, inventory: &Inventory) {
-        tracing::info!(preview = %slug, "branch merged or deleted: removing its preview");
+        if !self.gone.contains(slug) {
+            tracing::info!(preview = %slug, "branch merged, deleted or expired: removing its preview");
+        }
         if let Some(flight) = self.in_flight.remove(slug) {
             flight.abort.abort();
         }
@@ -719,8 +728,14 @@ impl Reconciler {
                 clean = false;
             }
         }
+        // Removing an image also removes the untagged layers under it, which a build running
+        // now may have just picked from the layer cache: that build would fail on a missing
+        // layer. Images wait for the deploys in flight; a later pass removes them.
+        let images_wait = self.deploying();
         for i in inventory.images.iter().filter(|i| i.slug == slug) {
-            if let Err(error) = self.runtime.remove_image(&i.id).await {
+            if images_wait {
+                clean = false;
+            } else if let Err(error) = self.runtime.remove_image(&i.id).await {
                 tracing::warn!(preview = %slug, %error, "cannot remove image");
                 clean = false;
             }
@@ -737,6 +752,11 @@ impl Reconciler {
             self.backoff.remove(slug);
         }
         self.gone.insert(slug.to_owned());
+    }
+
+    /// Whether a deploy runs now (and so may be building from the layer cache).
+    fn deploying(&self) -> bool {
+        !self.in_flight.is_empty()
     }
 
     fn publish(&self, world: &World<'_>) {
