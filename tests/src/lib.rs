@@ -351,6 +351,7 @@ impl Env {
             "container" => cmd.args(["ps", "-a", "-q", "--no-trunc"]),
             "image" => cmd.args(["images", "-q", "--no-trunc"]),
             "network" => cmd.args(["network", "ls", "-q", "--no-trunc"]),
+            "volume" => cmd.args(["volume", "ls", "-q"]),
             other => panic!("unknown Docker object kind {other}"),
         };
         cmd.args([
@@ -399,6 +400,7 @@ impl Env {
             (&["ps", "-a", "-q"][..], &["rm", "-f", "-v"][..]),
             (&["images", "-q"][..], &["rmi", "-f"][..]),
             (&["network", "ls", "-q"][..], &["network", "rm"][..]),
+            (&["volume", "ls", "-q"][..], &["volume", "rm", "-f"][..]),
         ] {
             let out = run(self.docker().args(list).args(["--filter", &label]));
             let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)

@@ -88,6 +88,10 @@ fn check(env: &Env, expected: &Expected) -> Result<(), String> {
             expected.live.len()
         ));
     }
+    let volumes = env.objects("volume", &[]).len();
+    if volumes > 0 {
+        return Err(format!("{volumes} volumes of this instance"));
+    }
     Ok(())
 }
 

@@ -131,7 +131,8 @@ fn push_update_merge_and_delete() {
     eventually(GONE, "deleted preview removed", || {
         let left = env.objects("container", &[]).len()
             + env.objects("image", &[]).len()
-            + env.objects("network", &[]).len();
+            + env.objects("network", &[]).len()
+            + env.objects("volume", &[]).len();
         (left == 0).then_some(())
     });
     assert_eq!(env.get("feature-bye", "/").0, 404);
