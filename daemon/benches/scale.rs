@@ -16,7 +16,7 @@
 //! one network per wanted preview, labelled as previewd labels them, so the plan is the
 //! steady state of a host with that many live previews (no actions).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,7 +27,6 @@ use previewd::docker::{ContainerInfo, ImageInfo, Inventory, NetworkInfo, Preview
 use previewd::merged::{MergedCache, MergedRule};
 use previewd::mirror::{self, Desired};
 use previewd::reconcile::plan::{self, FailedBuild, Flight, Unreadable, World};
-use previewd::slug;
 
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -198,49 +197,12 @@ fn build_mirror(dir: &Path, main_commits: usize, branches: usize, fork_span: usi
     expected
 }
 
-/// Slugs as the reconciler assigns them: owners read back from the inventory's labels.
+/// Slugs as the reconciler assigns them (no deploys in flight).
 fn assign(
     desired: &Desired,
     inventory: &Inventory,
 ) -> (BTreeMap<String, PreviewRef>, BTreeMap<String, Unreadable>) {
-    let mut owned: BTreeMap<String, String> = BTreeMap::new();
-    let labelled = inventory
-        .containers
-        .iter()
-        .map(|c| (&c.slug, &c.branch))
-        .chain(inventory.images.iter().map(|i| (&i.slug, &i.branch)))
-        .chain(inventory.networks.iter().map(|n| (&n.slug, &n.branch)));
-    for (slug, branch) in labelled {
-        owned.entry(slug.clone()).or_insert_with(|| branch.clone());
-    }
-    let branches: BTreeSet<String> = desired
-        .branches
-        .keys()
-        .chain(desired.unreadable.keys())
-        .cloned()
-        .collect();
-    let mut wanted = BTreeMap::new();
-    let mut unreadable = BTreeMap::new();
-    for (branch, slug) in slug::assign(&branches, &owned) {
-        match desired.branches.get(&branch) {
-            Some(tip) => {
-                let commit = tip.to_string();
-                wanted.insert(
-                    slug.clone(),
-                    PreviewRef {
-                        branch,
-                        slug,
-                        commit,
-                    },
-                );
-            }
-            None => {
-                let reason = desired.unreadable[&branch].clone();
-                unreadable.insert(slug, Unreadable { branch, reason });
-            }
-        }
-    }
-    (wanted, unreadable)
+    plan::assign(desired, inventory, std::iter::empty())
 }
 
 /// One running container, one image and one network per wanted preview, at its tip.

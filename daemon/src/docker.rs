@@ -153,6 +153,17 @@ pub struct Inventory {
     pub networks: Vec<NetworkInfo>,
 }
 
+impl Inventory {
+    /// `(slug, branch)` of every object, as its labels say: who holds which slug.
+    pub fn owners(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.containers
+            .iter()
+            .map(|c| (&c.slug, &c.branch))
+            .chain(self.images.iter().map(|i| (&i.slug, &i.branch)))
+            .chain(self.networks.iter().map(|n| (&n.slug, &n.branch)))
+    }
+}
+
 /// This instance's handle on the engine.
 #[derive(Debug, Clone)]
 pub struct Runtime {

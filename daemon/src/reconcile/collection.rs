@@ -20,11 +20,7 @@ pub fn describe(
         match action {
             Action::Retire { slug } => {
                 let branch = inventory
-                    .containers
-                    .iter()
-                    .map(|c| (&c.slug, &c.branch))
-                    .chain(inventory.images.iter().map(|i| (&i.slug, &i.branch)))
-                    .chain(inventory.networks.iter().map(|n| (&n.slug, &n.branch)))
+                    .owners()
                     .find(|(s, _)| *s == slug)
                     .map(|(_, b)| b.as_str());
                 let why = match branch.and_then(|b| expired.get(b)) {

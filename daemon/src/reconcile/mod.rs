@@ -22,7 +22,6 @@ use crate::config::Config;
 use crate::docker::{DockerError, Inventory, PreviewRef, Runtime};
 use crate::merged::MergedCache;
 use crate::mirror::{self, MirrorError};
-use crate::slug;
 use crate::state::Records;
 use deploy::{DeployContext, DeployFailure, Phase};
 use expiry::Expiry;
@@ -349,7 +348,8 @@ impl Reconciler {
         for branch in expired.keys() {
             desired.branches.remove(branch);
         }
-        let (wanted, unreadable) = self.assign(&desired, &inventory);
+        let deploying = self.in_flight.iter().map(|(s, f)| (s, &f.branch));
+        let (wanted, unreadable) = plan::assign(&desired, &inventory, deploying);
         Ok(Observed {
             inventory,
             wanted,
@@ -567,53 +567,6 @@ impl Reconciler {
                 (slug.clone(), flight)
             })
             .collect()
-    }
-
-    /// Slugs for every branch git knows, owners first (read from live objects' labels).
-    fn assign(
-        &self,
-        desired: &mirror::Desired,
-        inventory: &Inventory,
-    ) -> (BTreeMap<String, PreviewRef>, BTreeMap<String, Unreadable>) {
-        let mut owned: BTreeMap<String, String> = BTreeMap::new();
-        let labelled = inventory
-            .containers
-            .iter()
-            .map(|c| (&c.slug, &c.branch))
-            .chain(inventory.images.iter().map(|i| (&i.slug, &i.branch)))
-            .chain(inventory.networks.iter().map(|n| (&n.slug, &n.branch)))
-            .chain(self.in_flight.iter().map(|(s, f)| (s, &f.branch)));
-        for (slug, branch) in labelled {
-            owned.entry(slug.clone()).or_insert_with(|| branch.clone());
-        }
-        let branches: BTreeSet<String> = desired
-            .branches
-            .keys()
-            .chain(desired.unreadable.keys())
-            .cloned()
-            .collect();
-        let slugs = slug::assign(&branches, &owned);
-        let mut wanted = BTreeMap::new();
-        let mut unreadable = BTreeMap::new();
-        for (branch, slug) in slugs {
-            match desired.branches.get(&branch) {
-                Some(tip) => {
-                    wanted.insert(
-                        slug.clone(),
-                        PreviewRef {
-                            branch,
-                            slug,
-                            commit: tip.to_string(),
-                        },
-                    );
-                }
-                None => {
-                    let reason = desired.unreadable.get(&branch).cloned().unwrap_or_default();
-                    unreadable.insert(slug, Unreadable { branch, reason });
-                }
-            }
-        }
-        (wanted, unreadable)
     }
 
     async fn apply(&mut self, action: Action, inventory: &Inventory) {

@@ -9,6 +9,8 @@ use previewd_proxy::Route;
 use serde::{Deserialize, Serialize};
 
 use crate::docker::{tag_is_for, ContainerInfo, Inventory, PreviewRef};
+use crate::mirror::Desired;
+use crate::slug;
 
 /// Everything a plan is made from, read fresh on every pass.
 #[derive(Debug)]
@@ -142,6 +144,48 @@ impl World<'_> {
             })
         })
     }
+}
+
+/// Gives every branch git knows its slug and says which previews git wants.
+///
+/// A slug belongs to the branch whose live objects carry it (and to branches whose deploy is
+/// under way, `deploying` as slug and branch), so the first branch to take a slug keeps it
+/// across restarts without a table of its own. Branches git could not read keep their slug
+/// too, as unreadable.
+pub fn assign<'a>(
+    desired: &Desired,
+    inventory: &'a Inventory,
+    deploying: impl Iterator<Item = (&'a String, &'a String)>,
+) -> (BTreeMap<String, PreviewRef>, BTreeMap<String, Unreadable>) {
+    let mut owned: BTreeMap<String, String> = BTreeMap::new();
+    for (slug, branch) in inventory.owners().chain(deploying) {
+        owned.entry(slug.clone()).or_insert_with(|| branch.clone());
+    }
+    let branches: BTreeSet<String> = desired
+        .branches
+        .keys()
+        .chain(desired.unreadable.keys())
+        .cloned()
+        .collect();
+    let mut wanted = BTreeMap::new();
+    let mut unreadable = BTreeMap::new();
+    for (branch, slug) in slug::assign(&branches, &owned) {
+        match desired.branches.get(&branch) {
+            Some(tip) => {
+                let preview = PreviewRef {
+                    branch,
+                    slug: slug.clone(),
+                    commit: tip.to_string(),
+                };
+                wanted.insert(slug, preview);
+            }
+            None => {
+                let reason = desired.unreadable.get(&branch).cloned().unwrap_or_default();
+                unreadable.insert(slug, Unreadable { branch, reason });
+            }
+        }
+    }
+    (wanted, unreadable)
 }
 
 /// The actions that move Docker towards what git wants.
