@@ -230,7 +230,6 @@ fn inventory_of(wanted: &BTreeMap<String, PreviewRef>) -> Inventory {
             name: format!("previewd-scale-{}", p.slug),
             branch: p.branch.clone(),
             slug: p.slug.clone(),
-            commit: p.commit.clone(),
         });
     }
     inv

@@ -118,7 +118,6 @@ pub struct NetworkInfo {
     pub name: String,
     pub branch: String,
     pub slug: String,
-    pub commit: String,
 }
 
 /// An image of this instance, as listed. One image can serve several commits of a branch
@@ -130,13 +129,6 @@ pub struct ImageInfo {
     pub slug: String,
     /// Its tags, `previewd-<instance>/<slug>:<commit12>`.
     pub tags: Vec<String>,
-}
-
-impl ImageInfo {
-    /// Whether a tag of this image is for `commit`.
-    pub fn serves(&self, commit: &str) -> bool {
-        self.tags.iter().any(|t| tag_is_for(t, commit))
-    }
 }
 
 /// Whether the image tag `tag` names `commit` (tags carry its first 12 hex digits).
@@ -239,34 +231,22 @@ impl Runtime {
 
     /// Lists every container, image and network carrying this instance's label.
     pub async fn inventory(&self) -> Result<Inventory, DockerError> {
-        let containers = call(
-            "list containers",
-            self.docker.list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&self.instance_filter())
-                    .build(),
-            )),
-        )
-        .await?;
-        let images = call(
-            "list images",
-            self.docker.list_images(Some(
-                ListImagesOptionsBuilder::new()
-                    .filters(&self.instance_filter())
-                    .build(),
-            )),
-        )
-        .await?;
-        let networks = call(
-            "list networks",
-            self.docker.list_networks(Some(
-                ListNetworksOptionsBuilder::new()
-                    .filters(&self.instance_filter())
-                    .build(),
-            )),
-        )
-        .await?;
+        let filter = self.instance_filter();
+        let containers = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filter)
+            .build();
+        let images = ListImagesOptionsBuilder::new().filters(&filter).build();
+        let networks = ListNetworksOptionsBuilder::new().filters(&filter).build();
+        // Three independent questions: asked at once, a pass waits for the slowest only.
+        let (containers, images, networks) = tokio::try_join!(
+            call(
+                "list containers",
+                self.docker.list_containers(Some(containers))
+            ),
+            call("list images", self.docker.list_images(Some(images))),
+            call("list networks", self.docker.list_networks(Some(networks))),
+        )?;
 
         let mut inventory = Inventory::default();
         for c in containers {
@@ -324,7 +304,6 @@ impl Runtime {
                     name: n.name.unwrap_or_default(),
                     branch: object.branch,
                     slug: object.slug,
-                    commit: object.commit,
                 })
             })
             .collect();

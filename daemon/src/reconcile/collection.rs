@@ -93,7 +93,6 @@ mod tests {
                 name: "previewd-x-old".into(),
                 branch: "old".into(),
                 slug: "old".into(),
-                commit: "1".into(),
             }],
         };
         let expired = BTreeMap::from([(

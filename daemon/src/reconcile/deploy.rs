@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+use super::Report;
 use crate::docker::{self, DockerError, PreviewRef, Runtime};
 use crate::health::HealthCheck;
 use crate::{mirror, state};
@@ -28,8 +29,8 @@ pub struct DeployContext {
     pub builds: Arc<Semaphore>,
     /// When a new container may take traffic.
     pub health: HealthCheck,
-    /// Where the deploy says it waits for, or got, a build slot.
-    pub phases: mpsc::UnboundedSender<Phase>,
+    /// Where the deploy says it waits for, or got, a build slot (and the caller, its end).
+    pub reports: mpsc::UnboundedSender<Report>,
 }
 
 /// A deploy's progress through the build queue.
@@ -74,14 +75,15 @@ pub async fn deploy(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), Dep
     let fail = DeployFailure::commit;
     ctx.runtime.ensure_network(preview).await?;
     if !ctx.runtime.image_exists(preview).await? {
-        let tree = read_tree(ctx, preview).await?;
+        let commit = git2::Oid::from_str(&preview.commit).map_err(|e| fail(e.to_string()))?;
+        let tree = read_tree(ctx, commit).await?;
         match ctx.runtime.image_of_tree(preview, &tree).await? {
             // Same tree as a commit already built (an amended message, an empty merge): the
             // image is the same too.
             Some(image) => ctx.runtime.tag(&image, preview).await?,
             None => {
                 let _slot = build_slot(ctx, preview).await;
-                build(ctx, preview, &tree).await?;
+                build(ctx, preview, commit, &tree).await?;
             }
         }
     }
@@ -120,20 +122,19 @@ async fn build_slot(
         commit: preview.commit.clone(),
         queued,
     };
-    let _ = ctx.phases.send(phase(true));
+    let _ = ctx.reports.send(Report::Phase(phase(true)));
     let slot = ctx
         .builds
         .clone()
         .acquire_owned()
         .await
         .expect("the build semaphore is never closed");
-    let _ = ctx.phases.send(phase(false));
+    let _ = ctx.reports.send(Report::Phase(phase(false)));
     slot
 }
 
-async fn read_tree(ctx: &DeployContext, preview: &PreviewRef) -> Result<String, DeployFailure> {
+async fn read_tree(ctx: &DeployContext, commit: git2::Oid) -> Result<String, DeployFailure> {
     let fail = DeployFailure::commit;
-    let commit = git2::Oid::from_str(&preview.commit).map_err(|e| fail(e.to_string()))?;
     let mirror = ctx.mirror.clone();
     let tree = tokio::task::spawn_blocking(move || mirror::tree_of(&mirror, commit))
         .await
@@ -142,9 +143,13 @@ async fn read_tree(ctx: &DeployContext, preview: &PreviewRef) -> Result<String, 
     Ok(tree.to_string())
 }
 
-async fn build(ctx: &DeployContext, preview: &PreviewRef, tree: &str) -> Result<(), DeployFailure> {
+async fn build(
+    ctx: &DeployContext,
+    preview: &PreviewRef,
+    commit: git2::Oid,
+    tree: &str,
+) -> Result<(), DeployFailure> {
     let fail = DeployFailure::commit;
-    let commit = git2::Oid::from_str(&preview.commit).map_err(|e| fail(e.to_string()))?;
     let mirror = ctx.mirror.clone();
     let labelled = ctx.runtime.image_labels(preview, tree);
     let context = tokio::task::spawn_blocking(move || {

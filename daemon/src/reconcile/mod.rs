@@ -89,8 +89,8 @@ struct InFlight {
     abort: AbortHandle,
 }
 
-/// What deploy tasks tell the loop.
-enum Report {
+/// What deploy tasks tell the loop, in order: queue phases while they run, then their end.
+pub enum Report {
     Phase(Phase),
     Done {
         preview: PreviewRef,
@@ -599,7 +599,6 @@ impl Reconciler {
     fn start_deploy(&mut self, preview: PreviewRef) {
         tracing::info!(preview = %preview.slug, commit = %preview.short(), branch = %preview.branch, "deploying");
         self.gone.remove(&preview.slug);
-        let (phases_tx, mut phases_rx) = mpsc::unbounded_channel();
         let ctx = DeployContext {
             runtime: self.runtime.clone(),
             mirror: self.config.mirror.clone(),
@@ -607,25 +606,12 @@ impl Reconciler {
             url: self.config.preview_url(&preview.slug),
             builds: self.builds.clone(),
             health: self.config.health.clone(),
-            phases: phases_tx,
+            reports: self.reports_tx.clone(),
         };
-        let reports = self.reports_tx.clone();
         let task_preview = preview.clone();
         let task = tokio::spawn(async move {
-            // Phase reports go out while the deploy runs, so `ls` shows the queue.
-            let result = {
-                let deploy = deploy::deploy(&ctx, &task_preview);
-                tokio::pin!(deploy);
-                loop {
-                    tokio::select! {
-                        result = &mut deploy => break result,
-                        Some(phase) = phases_rx.recv() => {
-                            let _ = reports.send(Report::Phase(phase));
-                        }
-                    }
-                }
-            };
-            let _ = reports.send(Report::Done {
+            let result = deploy::deploy(&ctx, &task_preview).await;
+            let _ = ctx.reports.send(Report::Done {
                 preview: task_preview,
                 result,
             });

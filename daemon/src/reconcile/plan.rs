@@ -438,13 +438,12 @@ mod tests {
         }
     }
 
-    fn network(id: &str, slug: &str, commit: &str) -> NetworkInfo {
+    fn network(id: &str, slug: &str) -> NetworkInfo {
         NetworkInfo {
             id: id.into(),
             name: format!("previewd-t-{slug}"),
             branch: format!("branch/{slug}"),
             slug: slug.into(),
-            commit: commit.into(),
         }
     }
 
@@ -531,7 +530,7 @@ mod tests {
             inventory: Inventory {
                 containers: vec![container("c1", "a", NEW, true)],
                 images: vec![image("i1", "a", NEW)],
-                networks: vec![network("n1", "a", NEW)],
+                networks: vec![network("n1", "a")],
             },
             ..Case::default()
         };
@@ -809,7 +808,7 @@ mod tests {
             inventory: Inventory {
                 containers: vec![container("c", "gone", OLD, true)],
                 images: vec![image("i", "gone", OLD)],
-                networks: vec![network("n", "gone", OLD)],
+                networks: vec![network("n", "gone")],
             },
             ..Case::default()
         };
