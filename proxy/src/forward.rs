@@ -17,12 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::error::ProxyError;
 use crate::host::RequestHost;
+use crate::limits::Limits;
 use crate::pages::ProxyBody;
 
-/// Connecting to a container on the local engine is fast or not happening.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for an upstream's response headers.
-pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -48,9 +45,9 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Builds the shared upstream client (connect timeout, `TCP_NODELAY`, pooled).
-pub(crate) fn upstream_client() -> UpstreamClient {
+pub(crate) fn upstream_client(limits: &Limits) -> UpstreamClient {
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
@@ -66,6 +63,7 @@ pub(crate) async fn forward(
     upstream: SocketAddr,
     client_ip: IpAddr,
     host: &RequestHost,
+    response_timeout: Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     *req.uri_mut() = upstream_uri(req.uri(), upstream)
         .map_err(|source| ProxyError::UpstreamUri { upstream, source })?;
@@ -76,11 +74,11 @@ pub(crate) async fn forward(
     strip_hop_by_hop(headers);
     set_forwarding_headers(headers, client_ip, host);
 
-    let response = match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(req)).await {
+    let response = match tokio::time::timeout(response_timeout, client.request(req)).await {
         Err(_elapsed) => {
             return Err(ProxyError::UpstreamTimeout {
                 upstream,
-                timeout: RESPONSE_TIMEOUT,
+                timeout: response_timeout,
             })
         }
         Ok(Err(source)) if source.is_connect() => {

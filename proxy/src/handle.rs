@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use crate::error::ProxyError;
 use crate::forward::{forward, UpstreamClient};
 use crate::host::{request_host, RequestHost};
+use crate::limits::Limits;
 use crate::pages::{self, ProxyBody};
 use crate::routes::{Route, SharedRoutes};
 
@@ -25,6 +26,8 @@ pub(crate) struct Proxy {
     pub(crate) routes: SharedRoutes,
     /// The one pooled upstream client.
     pub(crate) client: UpstreamClient,
+    /// Bounds on requests and upstreams.
+    pub(crate) limits: Limits,
 }
 
 /// Who sent a request, as known from its connection.
@@ -81,7 +84,15 @@ async fn route(
     match route {
         None => Err(ProxyError::UnknownHost),
         Some(Route::Live { upstream }) => {
-            forward(&proxy.client, req, upstream, peer.addr.ip(), host).await
+            forward(
+                &proxy.client,
+                req,
+                upstream,
+                peer.addr.ip(),
+                host,
+                proxy.limits.upstream_response_timeout,
+            )
+            .await
         }
         Some(Route::Building { commit, since }) => Err(ProxyError::Building { commit, since }),
         Some(Route::Failed { commit, log_tail }) => Err(ProxyError::Failed { commit, log_tail }),

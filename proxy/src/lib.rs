@@ -10,6 +10,7 @@ mod error;
 mod forward;
 mod handle;
 mod host;
+mod limits;
 mod pages;
 mod redirect;
 mod routes;
@@ -17,6 +18,7 @@ mod serve;
 mod tls;
 
 pub use ca::{CaError, CertificateAuthority};
+pub use limits::Limits;
 pub use routes::{Route, RouteTable, SharedRoutes};
 pub use serve::{serve_https, serve_redirect};
 pub use tls::server_config;

@@ -19,15 +19,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::forward::upstream_client;
 use crate::handle::{handle, Peer, Proxy};
 use crate::host::normalize_host;
+use crate::limits::Limits;
 use crate::redirect::redirect;
 use crate::routes::SharedRoutes;
 
-/// A client that has not finished its handshake by then is gone or hostile.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for a request's headers (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long open connections get to finish after shutdown is requested.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -44,21 +39,24 @@ pub async fn serve_https(
     listener: TcpListener,
     routes: SharedRoutes,
     tls: Arc<rustls::ServerConfig>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     let proxy = Arc::new(Proxy {
         routes,
-        client: upstream_client(),
+        client: upstream_client(&limits),
+        limits: limits.clone(),
     });
-    let builder = Arc::new(http_builder());
-    accept_loop(listener, shutdown, "https", move |stream, peer, watcher| {
+    let builder = Arc::new(http_builder(&limits));
+    let handshake_timeout = limits.handshake_timeout;
+    accept_loop(listener, shutdown, "https", limits.drain_timeout, move |stream, peer, watcher| {
         let acceptor = acceptor.clone();
         let proxy = proxy.clone();
         let builder = builder.clone();
         async move {
             let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(err)) => {
                         tracing::debug!(peer = %peer, error = %err, "TLS handshake failed");
@@ -106,8 +104,9 @@ pub async fn serve_redirect(
     let domain: Arc<str> = normalize_host(&domain)
         .unwrap_or_else(|| domain.to_ascii_lowercase())
         .into();
-    let builder = Arc::new(http_builder());
-    accept_loop(listener, shutdown, "http", move |stream, peer, watcher| {
+    let limits = Limits::default();
+    let builder = Arc::new(http_builder(&limits));
+    accept_loop(listener, shutdown, "http", limits.drain_timeout, move |stream, peer, watcher| {
         let domain = domain.clone();
         let builder = builder.clone();
         async move {
@@ -124,24 +123,25 @@ pub async fn serve_redirect(
     .await
 }
 
-fn http_builder() -> HttpBuilder {
+fn http_builder(limits: &Limits) -> HttpBuilder {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Without a timer hyper cannot enforce the header read timeout.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     builder
 }
 
 /// Accepts connections until `shutdown`, running `serve` for each in its own
 /// task, then drains: open connections are told to finish and get
-/// [`DRAIN_TIMEOUT`]; whatever is left after that is aborted.
+/// `drain_timeout`; whatever is left after that is aborted.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     scheme: &'static str,
+    drain_timeout: Duration,
     mut serve: F,
 ) -> io::Result<()>
 where
@@ -184,7 +184,7 @@ where
         open = connections.len(),
         "stopped accepting; draining connections"
     );
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()
     {

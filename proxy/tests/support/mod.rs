@@ -1,0 +1,241 @@
+//! Shared by the proxy's socket tests: a CA in a temp dir, the HTTPS server
+//! on 127.0.0.1:0, in-process upstreams, and a rustls client that trusts
+//! only the CA. Each test binary uses part of it.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use previewd_proxy::{
+    serve_https, server_config, CertificateAuthority, Limits, Route, RouteTable, SharedRoutes,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+pub const DOMAIN: &str = "preview.test";
+pub const APP: &str = "app.preview.test";
+
+/// Awaits `fut`, failing the test if it takes longer than `secs`.
+pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what} did not finish within {secs}s"),
+    }
+}
+
+/// A running HTTPS proxy with its CA; stops when dropped.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub routes: SharedRoutes,
+    pub ca_pem: String,
+    pub _ca_dir: TempDir,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Proxy {
+    pub async fn start(table: RouteTable) -> Proxy {
+        Self::start_with(table, Limits::default()).await
+    }
+
+    /// Like [`Proxy::start`], with the given limits.
+    pub async fn start_with(table: RouteTable, limits: Limits) -> Proxy {
+        let ca_dir = tempfile::tempdir().expect("tempdir");
+        let ca = CertificateAuthority::load_or_create(&ca_dir.path().join("tls")).expect("CA");
+        let ca_pem = ca.cert_pem().to_owned();
+        let tls = server_config(Arc::new(ca), DOMAIN);
+        let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(table));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_https(
+            listener,
+            routes.clone(),
+            tls,
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Proxy {
+            addr,
+            routes,
+            ca_pem,
+            _ca_dir: ca_dir,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    pub async fn tls(
+        &self,
+        sni: &str,
+        alpn: &[&[u8]],
+    ) -> Result<TlsStream<TcpStream>, std::io::Error> {
+        tls_connect(self.addr, &self.ca_pem, sni, alpn).await
+    }
+
+    /// One HTTP/1.1 GET over a fresh TLS connection whose SNI is `host`.
+    pub async fn get(&self, host: &str, path: &str) -> Answer {
+        let req = Request::get(path)
+            .header(HOST, host)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let sni = host.split(':').next().unwrap_or(host);
+        self.send_h1(sni, req).await
+    }
+
+    /// One HTTP/1.1 request over a fresh TLS connection with SNI `sni`.
+    pub async fn send_h1(&self, sni: &str, req: Request<Full<Bytes>>) -> Answer {
+        let tls = self.tls(sni, &[b"http/1.1"]).await.expect("TLS handshake");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        let response = within(10, "HTTP/1.1 request", sender.send_request(req))
+            .await
+            .expect("response");
+        Answer::read(response).await
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub async fn read(response: Response<Incoming>) -> Answer {
+        let (parts, body) = response.into_parts();
+        let body = within(10, "response body", body.collect())
+            .await
+            .expect("body")
+            .to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn assert_noindex(&self) {
+        assert_eq!(self.header("x-robots-tag"), "noindex", "{self:?}");
+    }
+}
+
+pub fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("add CA root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> Result<TlsStream<TcpStream>, std::io::Error> {
+    let connector = TlsConnector::from(client_config(ca_pem, alpn));
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).expect("server name");
+    within(10, "TLS handshake", connector.connect(name, tcp)).await
+}
+
+/// An HTTP/1.1 upstream that echoes what it received, one `key=value` per line.
+pub async fn echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let header = |name: &str| {
+                        req.headers()
+                            .get_all(name)
+                            .iter()
+                            .map(|v| v.to_str().unwrap_or("?").to_owned())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    let mut text = format!(
+                        "host={}\nxff={}\nxfp={}\nxfh={}\nforwarded={}\nhop={}\nuri={}\n",
+                        header("host"),
+                        header("x-forwarded-for"),
+                        header("x-forwarded-proto"),
+                        header("x-forwarded-host"),
+                        header("forwarded"),
+                        header("x-hop"),
+                        req.uri(),
+                    );
+                    let body = req.into_body().collect().await?.to_bytes();
+                    text.push_str(&format!("body={}\n", String::from_utf8_lossy(&body)));
+                    let response = Response::builder()
+                        .header("connection", "x-upstream-hop")
+                        .header("x-upstream-hop", "secret")
+                        .body(Full::new(Bytes::from(text)))
+                        .expect("echo response");
+                    Ok::<_, hyper::Error>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+pub fn live(upstream: SocketAddr) -> Route {
+    Route::Live { upstream }
+}
