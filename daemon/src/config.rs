@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use previewd_proxy::Limits;
+
 use crate::health::HealthCheck;
 use crate::merged::MergedRule;
 
@@ -81,6 +83,7 @@ struct FileConfig {
     max_previews: Option<usize>,
     keep_logs_days: Option<u64>,
     health: Option<FileHealth>,
+    proxy: Option<FileProxy>,
 }
 
 /// The `[health]` table: when a new version may take traffic.
@@ -93,6 +96,23 @@ struct FileHealth {
     interval_ms: Option<u64>,
     timeout_ms: Option<u64>,
     start_period_s: Option<u64>,
+}
+
+/// The `[proxy]` table: limits and timeouts of the HTTPS listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProxy {
+    handshake_timeout_s: Option<u64>,
+    header_read_timeout_s: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_uri_bytes: Option<usize>,
+    idle_timeout_s: Option<u64>,
+    write_timeout_s: Option<u64>,
+    upstream_connect_timeout_s: Option<u64>,
+    upstream_response_timeout_s: Option<u64>,
+    max_connections: Option<usize>,
+    h2_max_concurrent_streams: Option<u32>,
+    drain_timeout_s: Option<u64>,
 }
 
 /// Validated settings of a running daemon.
@@ -121,6 +141,8 @@ pub struct Config {
     /// Build logs older than this are deleted.
     pub keep_logs: Duration,
     pub health: HealthCheck,
+    /// Bounds on clients and upstreams of the HTTPS listener.
+    pub proxy: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +171,8 @@ pub enum ConfigError {
     NoBuilds,
     #[error("invalid [health] {0}")]
     Health(&'static str),
+    #[error("invalid [proxy] {0}")]
+    Proxy(&'static str),
     #[error("invalid merged rule {0:?}: expected \"patch-id\" or \"ancestry\"")]
     MergedRule(String),
 }
@@ -197,6 +221,7 @@ impl Config {
                 n => Some(n),
             },
             health: health(file.health.unwrap_or_default())?,
+            proxy: proxy_limits(file.proxy.unwrap_or_default())?,
             keep_logs: days_to_duration(pick(&args.keep_logs_days, file.keep_logs_days, || 14)),
             mass_removal_threshold: pick(
                 &args.mass_removal_threshold,
@@ -263,6 +288,57 @@ fn health(file: FileHealth) -> Result<HealthCheck, ConfigError> {
         ));
     }
     Ok(check)
+}
+
+fn proxy_limits(file: FileProxy) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+    let limits = Limits {
+        handshake_timeout: secs(file.handshake_timeout_s, d.handshake_timeout),
+        header_read_timeout: secs(file.header_read_timeout_s, d.header_read_timeout),
+        max_header_bytes: file.max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_uri_bytes: file.max_uri_bytes.unwrap_or(d.max_uri_bytes),
+        idle_timeout: secs(file.idle_timeout_s, d.idle_timeout),
+        write_timeout: secs(file.write_timeout_s, d.write_timeout),
+        upstream_connect_timeout: secs(file.upstream_connect_timeout_s, d.upstream_connect_timeout),
+        upstream_response_timeout: secs(
+            file.upstream_response_timeout_s,
+            d.upstream_response_timeout,
+        ),
+        max_connections: file.max_connections.unwrap_or(d.max_connections),
+        h2_max_concurrent_streams: file
+            .h2_max_concurrent_streams
+            .unwrap_or(d.h2_max_concurrent_streams),
+        drain_timeout: secs(file.drain_timeout_s, d.drain_timeout),
+    };
+    let timeouts = [
+        limits.handshake_timeout,
+        limits.header_read_timeout,
+        limits.idle_timeout,
+        limits.write_timeout,
+        limits.upstream_connect_timeout,
+        limits.upstream_response_timeout,
+    ];
+    if timeouts.iter().any(Duration::is_zero) {
+        return Err(ConfigError::Proxy(
+            "timeouts must be above 0 (only drain_timeout_s may be 0)",
+        ));
+    }
+    // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+    if limits.max_header_bytes < 8192 {
+        return Err(ConfigError::Proxy("max_header_bytes: at least 8192"));
+    }
+    if limits.max_uri_bytes < 256 || limits.max_uri_bytes > limits.max_header_bytes {
+        return Err(ConfigError::Proxy(
+            "max_uri_bytes: at least 256 and at most max_header_bytes",
+        ));
+    }
+    if limits.max_connections == 0 || limits.h2_max_concurrent_streams == 0 {
+        return Err(ConfigError::Proxy(
+            "max_connections and h2_max_concurrent_streams must be above 0",
+        ));
+    }
+    Ok(limits)
 }
 
 fn days_to_duration(days: u64) -> Duration {
@@ -358,6 +434,7 @@ mod tests {
         assert_eq!(c.max_previews, None);
         assert_eq!(c.keep_logs, Duration::from_secs(14 * 86_400));
         assert_eq!(c.health, HealthCheck::default());
+        assert_eq!(c.proxy, Limits::default());
         assert_eq!(c.socket_path(), PathBuf::from(".previewd/previewd.sock"));
     }
 
@@ -396,6 +473,29 @@ mod tests {
     }
 
     #[test]
+    fn proxy_limits_are_read_in_their_units() {
+        let c = from_toml(
+            r#"
+            [proxy]
+            header_read_timeout_s = 3
+            max_header_bytes = 16384
+            max_uri_bytes = 2048
+            max_connections = 500
+            h2_max_concurrent_streams = 64
+            drain_timeout_s = 0
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.proxy.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.proxy.max_header_bytes, 16384);
+        assert_eq!(c.proxy.max_uri_bytes, 2048);
+        assert_eq!(c.proxy.max_connections, 500);
+        assert_eq!(c.proxy.h2_max_concurrent_streams, 64);
+        assert_eq!(c.proxy.drain_timeout, Duration::ZERO);
+        assert_eq!(c.proxy.idle_timeout, Limits::default().idle_timeout);
+    }
+
+    #[test]
     fn flags_win_over_the_file() {
         let args = RunArgs {
             domain: Some("flag.test".into()),
@@ -429,6 +529,7 @@ mod tests {
         let c = from_toml(&text).unwrap();
         let defaults = from_toml("").unwrap();
         assert_eq!(c.health, defaults.health);
+        assert_eq!(c.proxy, defaults.proxy);
         assert_eq!(c.domain, defaults.domain);
         assert_eq!(c.build_concurrency, defaults.build_concurrency);
         assert_eq!(c.merged, defaults.merged);
@@ -464,6 +565,20 @@ mod tests {
             ("[health]\nstatus = 700", "invalid [health] status"),
             ("[health]\ninterval_ms = 0", "invalid [health] interval_ms"),
             ("[health]\nretries = 3", "config file"),
+            ("[proxy]\nidle_timeout_s = 0", "invalid [proxy] timeouts"),
+            (
+                "[proxy]\nmax_header_bytes = 4096",
+                "invalid [proxy] max_header_bytes",
+            ),
+            (
+                "[proxy]\nmax_uri_bytes = 100",
+                "invalid [proxy] max_uri_bytes",
+            ),
+            (
+                "[proxy]\nmax_connections = 0",
+                "invalid [proxy] max_connections",
+            ),
+            ("[proxy]\nmax_body = 1", "config file"),
         ] {
             let err = from_toml(text).unwrap_err().to_string();
             assert!(err.starts_with(expect), "{text}: {err}");

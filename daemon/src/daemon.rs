@@ -75,7 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         https,
         routes.clone(),
         tls,
-        previewd_proxy::Limits::default(),
+        config.proxy.clone(),
         shutdown.clone().cancelled_owned(),
     ));
     let http_task = tokio::spawn(previewd_proxy::serve_redirect(

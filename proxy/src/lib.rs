@@ -8,6 +8,9 @@
 mod ca;
 mod error;
 mod forward;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod host;
 mod limits;
