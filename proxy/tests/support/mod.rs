@@ -3,6 +3,8 @@
 //! only the CA. Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
