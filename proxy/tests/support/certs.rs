@@ -61,6 +61,23 @@ impl TestCa {
         }
     }
 
+    /// A wildcard leaf valid from `age` ago until `left` from now.
+    pub fn expiring_wildcard(&self, age: Duration, left: Duration) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(vec!["*.preview.test".to_owned(), "preview.test".to_owned()])
+                .expect("leaf params");
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - age;
+        params.not_after = now + left;
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
+        Leaf {
+            chain_pem: format!("{}{}", cert.pem(), self.pem),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
     /// The wildcard leaf for the test domain.
     pub fn wildcard(&self) -> Leaf {
         self.leaf(&["*.preview.test", "preview.test"])
