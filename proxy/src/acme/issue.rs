@@ -202,6 +202,8 @@ fn http_client(ca_file: Option<&Path>) -> Result<Box<dyn HttpClient>, IssueError
     let verifier =
         rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
             .map_err(IssueError::Verifier)?;
+    // `dangerous()` only because the verifier is not rustls' own: it is the
+    // platform verifier, which does full WebPKI validation.
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(IssueError::Verifier)?
