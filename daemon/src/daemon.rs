@@ -74,7 +74,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let (triggers_tx, triggers_rx) = mpsc::channel(64);
     let (gc_tx, gc_rx) = mpsc::channel(4);
 
-    let tls = previewd_proxy::server_config(certs.resolver);
+    let tls = previewd_proxy::server_config(certs.resolver.clone());
     let https_task = tokio::spawn(previewd_proxy::serve_https(
         https,
         routes.clone(),
@@ -103,6 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         mirror = %config.mirror.display(),
         domain = %config.domain,
         instance = %config.instance,
+        certificates = ?certs.status.borrow().serving,
         "previewd listening"
     );
 
