@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use previewd_proxy::{AcmeSettings, TlsMode};
 use serde::Deserialize;
 
 use previewd_proxy::Limits;
@@ -84,6 +85,7 @@ struct FileConfig {
     keep_logs_days: Option<u64>,
     health: Option<FileHealth>,
     proxy: Option<FileProxy>,
+    tls: Option<FileTls>,
 }
 
 /// The `[health]` table: when a new version may take traffic.
@@ -115,6 +117,31 @@ struct FileProxy {
     drain_timeout_s: Option<u64>,
 }
 
+/// The `[tls]` table: where the served certificate comes from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    /// "self-signed" (default), "files" or "acme".
+    mode: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    acme: Option<FileAcme>,
+}
+
+/// The `[tls.acme]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAcme {
+    directory: Option<String>,
+    ca_file: Option<PathBuf>,
+    email: Option<String>,
+    dns_hook: Option<PathBuf>,
+    /// Only "dns-01": per-host challenges would put every branch name in CT logs.
+    challenge: Option<String>,
+    hook_timeout_s: Option<u64>,
+    renew_check_interval_s: Option<u64>,
+}
+
 /// Validated settings of a running daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -143,6 +170,8 @@ pub struct Config {
     pub health: HealthCheck,
     /// Bounds on clients and upstreams of the HTTPS listener.
     pub proxy: Limits,
+    /// Where the served certificate comes from.
+    pub tls: TlsMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +204,10 @@ pub enum ConfigError {
     Proxy(&'static str),
     #[error("invalid merged rule {0:?}: expected \"patch-id\" or \"ancestry\"")]
     MergedRule(String),
+    #[error("invalid [tls] mode {0:?}: expected \"self-signed\", \"files\" or \"acme\"")]
+    TlsMode(String),
+    #[error("invalid {0}")]
+    Tls(&'static str),
 }
 
 impl Config {
@@ -222,6 +255,7 @@ impl Config {
             },
             health: health(file.health.unwrap_or_default())?,
             proxy: proxy_limits(file.proxy.unwrap_or_default())?,
+            tls: tls(file.tls.unwrap_or_default())?,
             keep_logs: days_to_duration(pick(&args.keep_logs_days, file.keep_logs_days, || 14)),
             mass_removal_threshold: pick(
                 &args.mass_removal_threshold,
@@ -341,6 +375,89 @@ fn proxy_limits(file: FileProxy) -> Result<Limits, ConfigError> {
     Ok(limits)
 }
 
+fn tls(file: FileTls) -> Result<TlsMode, ConfigError> {
+    let mode = file.mode.unwrap_or_else(|| "self-signed".into());
+    let files = match (file.cert_file, file.key_file) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Tls(
+                "[tls] cert_file and key_file: set both or neither",
+            ))
+        }
+    };
+    if mode != "files" && files.is_some() {
+        return Err(ConfigError::Tls(
+            "[tls] cert_file and key_file: only used with mode = \"files\"",
+        ));
+    }
+    if mode != "acme" && file.acme.is_some() {
+        return Err(ConfigError::Tls(
+            "[tls.acme]: only used with mode = \"acme\"",
+        ));
+    }
+    match mode.as_str() {
+        "self-signed" => Ok(TlsMode::SelfSigned),
+        "files" => match files {
+            Some((cert, key)) => Ok(TlsMode::Files { cert, key }),
+            None => Err(ConfigError::Tls(
+                "[tls] cert_file and key_file: mode = \"files\" needs both",
+            )),
+        },
+        "acme" => acme(file.acme.unwrap_or_default()).map(TlsMode::Acme),
+        _ => Err(ConfigError::TlsMode(mode)),
+    }
+}
+
+fn acme(file: FileAcme) -> Result<AcmeSettings, ConfigError> {
+    let Some(dns_hook) = file.dns_hook else {
+        return Err(ConfigError::Tls(
+            "[tls.acme] dns_hook: mode = \"acme\" needs the program that sets the DNS-01 TXT records",
+        ));
+    };
+    let mut settings = AcmeSettings::new(dns_hook);
+    match file.challenge.as_deref() {
+        None | Some("dns-01") => {}
+        Some(_) => {
+            return Err(ConfigError::Tls(
+                "[tls.acme] challenge: only \"dns-01\" is supported (a wildcard keeps branch names out of CT logs)",
+            ))
+        }
+    }
+    if let Some(directory) = file.directory {
+        if !directory.starts_with("https://") {
+            return Err(ConfigError::Tls(
+                "[tls.acme] directory: expected an https:// URL",
+            ));
+        }
+        settings.directory = directory;
+    }
+    if let Some(email) = file.email {
+        let ok = email.split_once('@').is_some_and(|(user, host)| {
+            !user.is_empty() && !host.is_empty() && !email.contains(char::is_whitespace)
+        });
+        if !ok {
+            return Err(ConfigError::Tls(
+                "[tls.acme] email: expected an address such as ops@example.com",
+            ));
+        }
+        settings.email = Some(email);
+    }
+    settings.ca_file = file.ca_file;
+    if let Some(secs) = file.hook_timeout_s {
+        settings.hook_timeout = Duration::from_secs(secs);
+    }
+    if let Some(secs) = file.renew_check_interval_s {
+        settings.renew_check_interval = Duration::from_secs(secs);
+    }
+    if settings.hook_timeout.is_zero() || settings.renew_check_interval.is_zero() {
+        return Err(ConfigError::Tls(
+            "[tls.acme] hook_timeout_s and renew_check_interval_s must be above 0",
+        ));
+    }
+    Ok(settings)
+}
+
 fn days_to_duration(days: u64) -> Duration {
     Duration::from_secs(days.saturating_mul(86_400))
 }
@@ -435,6 +552,7 @@ mod tests {
         assert_eq!(c.keep_logs, Duration::from_secs(14 * 86_400));
         assert_eq!(c.health, HealthCheck::default());
         assert_eq!(c.proxy, Limits::default());
+        assert_eq!(c.tls, TlsMode::SelfSigned);
         assert_eq!(c.socket_path(), PathBuf::from(".previewd/previewd.sock"));
     }
 
@@ -537,6 +655,127 @@ mod tests {
     }
 
     #[test]
+    fn tls_modes() {
+        let files = from_toml(
+            "[tls]\nmode = \"files\"\ncert_file = \"/etc/c.pem\"\nkey_file = \"/etc/k.pem\"",
+        )
+        .unwrap();
+        assert_eq!(
+            files.tls,
+            TlsMode::Files {
+                cert: "/etc/c.pem".into(),
+                key: "/etc/k.pem".into()
+            }
+        );
+
+        let minimal = from_toml("[tls]\nmode = \"acme\"\n[tls.acme]\ndns_hook = \"/h\"").unwrap();
+        assert_eq!(minimal.tls, TlsMode::Acme(AcmeSettings::new("/h".into())));
+        let TlsMode::Acme(defaults) = minimal.tls else {
+            unreachable!()
+        };
+        assert_eq!(
+            defaults.directory,
+            "https://acme-v02.api.letsencrypt.org/directory"
+        );
+        assert_eq!(
+            defaults.renew_check_interval,
+            Duration::from_secs(12 * 3600)
+        );
+
+        let full = from_toml(
+            r#"
+            [tls]
+            mode = "acme"
+            [tls.acme]
+            directory = "https://127.0.0.1:14000/dir"
+            ca_file = "/etc/pebble.pem"
+            email = "ops@example.com"
+            dns_hook = "/usr/local/bin/dns-hook"
+            challenge = "dns-01"
+            hook_timeout_s = 30
+            renew_check_interval_s = 60
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            full.tls,
+            TlsMode::Acme(AcmeSettings {
+                directory: "https://127.0.0.1:14000/dir".into(),
+                ca_file: Some("/etc/pebble.pem".into()),
+                email: Some("ops@example.com".into()),
+                dns_hook: "/usr/local/bin/dns-hook".into(),
+                hook_timeout: Duration::from_secs(30),
+                renew_check_interval: Duration::from_secs(60),
+            })
+        );
+    }
+
+    #[test]
+    fn tls_errors_are_one_exact_line() {
+        for (text, expect) in [
+            (
+                "[tls]\nmode = \"files\"",
+                "invalid [tls] cert_file and key_file: mode = \"files\" needs both",
+            ),
+            (
+                "[tls]\nmode = \"files\"\ncert_file = \"/c.pem\"",
+                "invalid [tls] cert_file and key_file: set both or neither",
+            ),
+            (
+                "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"",
+                "invalid [tls] cert_file and key_file: only used with mode = \"files\"",
+            ),
+            (
+                "[tls]\nmode = \"self-signed\"\n[tls.acme]\ndns_hook = \"/h\"",
+                "invalid [tls.acme]: only used with mode = \"acme\"",
+            ),
+            (
+                "[tls]\nmode = \"acme\"",
+                "invalid [tls.acme] dns_hook: mode = \"acme\" needs the program that sets the DNS-01 TXT records",
+            ),
+            (
+                "[tls]\nmode = \"acme\"\n[tls.acme]\ndns_hook = \"/h\"\nchallenge = \"http-01\"",
+                "invalid [tls.acme] challenge: only \"dns-01\" is supported (a wildcard keeps branch names out of CT logs)",
+            ),
+            (
+                "[tls]\nmode = \"acme\"\n[tls.acme]\ndns_hook = \"/h\"\ndirectory = \"http://ca.test/dir\"",
+                "invalid [tls.acme] directory: expected an https:// URL",
+            ),
+            (
+                "[tls]\nmode = \"acme\"\n[tls.acme]\ndns_hook = \"/h\"\nemail = \"ops\"",
+                "invalid [tls.acme] email: expected an address such as ops@example.com",
+            ),
+            (
+                "[tls]\nmode = \"acme\"\n[tls.acme]\ndns_hook = \"/h\"\nrenew_check_interval_s = 0",
+                "invalid [tls.acme] hook_timeout_s and renew_check_interval_s must be above 0",
+            ),
+        ] {
+            assert_eq!(from_toml(text).unwrap_err().to_string(), expect, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_example_tls_blocks_parse_in_their_modes() {
+        // The example shows the keys of modes "files" and "acme" indented under a
+        // "# mode = ..." line; each block, uncommented with its mode, must be valid.
+        let example = include_str!("../../systemd/previewd.toml.example");
+        for mode in ["files", "acme"] {
+            let marker = format!("# mode = \"{mode}\":");
+            let block: String = example
+                .lines()
+                .skip_while(|l| !l.starts_with(&marker))
+                .skip(1)
+                .map_while(|l| l.strip_prefix("#   "))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert!(!block.is_empty(), "no block for mode {mode}");
+            let text = format!("[tls]\nmode = \"{mode}\"\n{block}");
+            let c = from_toml(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(c.tls != TlsMode::SelfSigned, "{text}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = from_toml("domian = \"x.test\"").unwrap_err();
         assert!(err.to_string().contains("unknown field `domian`"), "{err}");
@@ -579,6 +818,15 @@ mod tests {
                 "invalid [proxy] max_connections",
             ),
             ("[proxy]\nmax_body = 1", "config file"),
+            (
+                "[tls]\nmode = \"letsencrypt\"",
+                "invalid [tls] mode \"letsencrypt\"",
+            ),
+            ("[tls]\ncert = \"/c.pem\"", "config file"),
+            (
+                "[tls.acme]\nchallenge = \"dns-01\"",
+                "invalid [tls.acme]: only used",
+            ),
         ] {
             let err = from_toml(text).unwrap_err().to_string();
             assert!(err.starts_with(expect), "{text}: {err}");

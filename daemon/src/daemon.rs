@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use previewd_proxy::{CertificateAuthority, RouteTable};
+use previewd_proxy::RouteTable;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,8 +24,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    #[error("certificate authority: {0}")]
-    Ca(#[from] previewd_proxy::CaError),
+    #[error("TLS certificates: {0}")]
+    Tls(#[from] previewd_proxy::TlsError),
     #[error(transparent)]
     Mirror(#[from] mirror::MirrorError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -48,9 +48,13 @@ pub enum RunError {
 /// Runs the daemon until `shutdown` is cancelled. Running previews are left running.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let config = Arc::new(prepare_paths(config)?);
-    let ca = Arc::new(CertificateAuthority::load_or_create(
-        &config.state_dir.join("tls"),
-    )?);
+    let certs = previewd_proxy::build_resolver(
+        &config.tls,
+        &config.state_dir,
+        &config.domain,
+        shutdown.clone().cancelled_owned(),
+    )
+    .await?;
     let binary = std::env::current_exe().map_err(RunError::CurrentExe)?;
     let hook_script = hook::render(&binary, &config.state_dir);
     let (mirror_path, main) = (config.mirror.clone(), config.main_branch.clone());
@@ -70,7 +74,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let (triggers_tx, triggers_rx) = mpsc::channel(64);
     let (gc_tx, gc_rx) = mpsc::channel(4);
 
-    let tls = previewd_proxy::server_config(ca, &config.domain);
+    let tls = previewd_proxy::server_config(certs.resolver.clone());
     let https_task = tokio::spawn(previewd_proxy::serve_https(
         https,
         routes.clone(),
@@ -99,6 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         mirror = %config.mirror.display(),
         domain = %config.domain,
         instance = %config.instance,
+        certificates = ?certs.status.borrow().serving,
         "previewd listening"
     );
 

@@ -2,9 +2,9 @@
 //! restarts as two files in the state dir, and issuing leaf certificates.
 //! It must not decide which names get certificates (that is `tls`).
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +16,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use time::{Duration, OffsetDateTime};
+
+use crate::atomic_file;
 
 const CERT_FILE: &str = "ca.pem";
 const KEY_FILE: &str = "ca-key.pem";
@@ -257,31 +259,11 @@ fn warn_if_key_readable_by_others(path: &Path) {
     }
 }
 
-/// Writes `dir/name` so that it is either absent, the old content, or the
-/// whole new content: temp file created with `mode` from the start, fsync,
-/// rename, fsync of the directory.
 fn write_atomic(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<(), CaError> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let target = dir.join(name);
-    // A temp file left by a crash would make `create_new` fail forever.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(io_error(&tmp)(err)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_error(&tmp))?;
-    file.write_all(contents).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, &target).map_err(io_error(&target))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))
+    atomic_file::write(dir, name, contents, mode).map_err(|err| CaError::Io {
+        path: err.path,
+        source: err.source,
+    })
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CaError + '_ {

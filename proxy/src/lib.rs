@@ -1,11 +1,15 @@
 //! previewd's embedded TLS reverse proxy.
 //!
-//! It owns the HTTPS and plain-HTTP listeners, the certificate authority and
-//! per-host leaf certificates, the route table and forwarding to upstreams,
-//! and the small status pages. It knows nothing of git or Docker: the daemon
-//! hands it a [`SharedRoutes`] table and a [`CertificateAuthority`].
+//! It owns the HTTPS and plain-HTTP listeners, the certificates (previewd's
+//! own CA, operator files, or ACME), the route table and forwarding to
+//! upstreams, and the small status pages. It knows nothing of git or Docker:
+//! the daemon hands it a [`SharedRoutes`] table and a [`TlsMode`].
 
+mod acme;
+mod atomic_file;
 mod ca;
+mod cert_files;
+mod cert_source;
 mod error;
 mod forward;
 #[cfg(feature = "fuzzing")]
@@ -15,13 +19,21 @@ mod handle;
 mod host;
 mod limits;
 mod pages;
+mod pem_pair;
 mod redirect;
 mod routes;
 mod serve;
 mod tls;
 
+pub use acme::{
+    AcmeError, AcmeSettings, HookError, IssueError, StoreError, LETS_ENCRYPT_DIRECTORY,
+};
+pub use atomic_file::WriteError;
 pub use ca::{CaError, CertificateAuthority};
+pub use cert_files::CertFilesError;
+pub use cert_source::{build_resolver, CertSource, CertStatus, Serving, TlsError, TlsMode};
 pub use limits::Limits;
+pub use pem_pair::PemPairError;
 pub use routes::{Route, RouteTable, SharedRoutes};
 pub use serve::{serve_https, serve_redirect};
-pub use tls::server_config;
+pub use tls::{self_signed, server_config};

@@ -1,7 +1,8 @@
-//! TLS server configuration: which certificate each handshake gets. Leaf
-//! certificates are issued by previewd's CA per SNI name on first use and
-//! cached. It must not look at routes: every name under the base domain gets
-//! a certificate, and routing decides later what the request sees.
+//! TLS server configuration (versions, ALPN, tickets) around a certificate
+//! resolver, and the "self-signed" resolver: leaf certificates issued by
+//! previewd's CA per SNI name on first use and cached. It must not look at
+//! routes: every name under the base domain gets a certificate, and routing
+//! decides later what the request sees.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,19 +24,8 @@ const MAX_CACHED: usize = 4096;
 
 /// rustls `ServerConfig` (ring provider, TLS 1.2 + 1.3, ALPN `h2` and
 /// `http/1.1`, session tickets and the in-memory session cache) whose
-/// certificate resolver issues a leaf per SNI host from `ca`.
-///
-/// Only `domain` itself and names ending in `.<domain>` get their own
-/// certificate; any other SNI, or none, gets the certificate for `domain`, so
-/// a stray client completes the handshake and then sees a 404 instead of a
-/// certificate for a name that is not ours.
-pub fn server_config(ca: Arc<CertificateAuthority>, domain: &str) -> Arc<ServerConfig> {
-    let domain = normalize_host(domain).unwrap_or_else(|| domain.to_ascii_lowercase());
-    let resolver = Arc::new(CaResolver {
-        ca,
-        domain,
-        cache: Mutex::new(HashMap::new()),
-    });
+/// certificates come from `resolver` (see [`crate::build_resolver`]).
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -53,9 +43,19 @@ pub fn server_config(ca: Arc<CertificateAuthority>, domain: &str) -> Arc<ServerC
     Arc::new(config)
 }
 
+/// Mode "self-signed": a resolver that issues a leaf per SNI host from `ca`.
+///
+/// Only `domain` itself and names ending in `.<domain>` get their own
+/// certificate; any other SNI, or none, gets the certificate for `domain`, so
+/// a stray client completes the handshake and then sees a 404 instead of a
+/// certificate for a name that is not ours.
+pub fn self_signed(ca: Arc<CertificateAuthority>, domain: &str) -> Arc<dyn ResolvesServerCert> {
+    Arc::new(CaResolver::new(ca, domain))
+}
+
 /// Issues and caches one leaf certificate per served name.
 #[derive(Debug)]
-struct CaResolver {
+pub(crate) struct CaResolver {
     /// Signs the leaves.
     ca: Arc<CertificateAuthority>,
     /// Normalized base domain; names outside it get its certificate.
@@ -71,6 +71,15 @@ struct Cached {
 }
 
 impl CaResolver {
+    pub(crate) fn new(ca: Arc<CertificateAuthority>, domain: &str) -> Self {
+        let domain = normalize_host(domain).unwrap_or_else(|| domain.to_ascii_lowercase());
+        CaResolver {
+            ca,
+            domain,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The name a handshake's certificate is issued for.
     fn name_for(&self, sni: Option<&str>) -> String {
         sni.and_then(normalize_host)
@@ -130,11 +139,7 @@ mod tests {
     fn resolver() -> (tempfile::TempDir, CaResolver) {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = CertificateAuthority::load_or_create(dir.path()).expect("ca");
-        let resolver = CaResolver {
-            ca: Arc::new(ca),
-            domain: "preview.test".into(),
-            cache: Mutex::new(HashMap::new()),
-        };
+        let resolver = CaResolver::new(Arc::new(ca), "Preview.Test.");
         (dir, resolver)
     }
 
@@ -162,7 +167,7 @@ mod tests {
     fn config_offers_h2_and_http11() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).expect("ca"));
-        let config = server_config(ca, "Preview.Test.");
+        let config = server_config(self_signed(ca, "Preview.Test."));
         assert_eq!(
             config.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]

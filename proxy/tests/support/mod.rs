@@ -3,6 +3,8 @@
 //! only the CA. Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +19,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use previewd_proxy::{
-    serve_https, server_config, CertificateAuthority, Limits, Route, RouteTable, SharedRoutes,
+    self_signed, serve_https, server_config, CertificateAuthority, Limits, Route, RouteTable,
+    SharedRoutes,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::server::ResolvesServerCert;
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -59,7 +63,20 @@ impl Proxy {
         let ca_dir = tempfile::tempdir().expect("tempdir");
         let ca = CertificateAuthority::load_or_create(&ca_dir.path().join("tls")).expect("CA");
         let ca_pem = ca.cert_pem().to_owned();
-        let tls = server_config(Arc::new(ca), DOMAIN);
+        let resolver = self_signed(Arc::new(ca), DOMAIN);
+        Self::start_resolved(table, limits, resolver, ca_pem, ca_dir).await
+    }
+
+    /// Serves `table` with certificates from `resolver`; clients trust only
+    /// `ca_pem`. `dir` is kept until the proxy is dropped.
+    pub async fn start_resolved(
+        table: RouteTable,
+        limits: Limits,
+        resolver: Arc<dyn ResolvesServerCert>,
+        ca_pem: String,
+        ca_dir: TempDir,
+    ) -> Proxy {
+        let tls = server_config(resolver);
         let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(table));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
