@@ -6,6 +6,7 @@
 //! hands it a [`SharedRoutes`] table and a [`CertificateAuthority`].
 
 mod ca;
+mod deadline_io;
 mod error;
 mod forward;
 mod handle;
@@ -16,6 +17,7 @@ mod redirect;
 mod routes;
 mod serve;
 mod tls;
+mod tunnel;
 
 pub use ca::{CaError, CertificateAuthority};
 pub use limits::Limits;

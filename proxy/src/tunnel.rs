@@ -1,0 +1,119 @@
+//! WebSocket tunnels over HTTP/1.1 `Upgrade`: which requests may become one,
+//! and copying bytes both ways once client and upstream both switched
+//! protocols. It must not talk HTTP to upstreams (that is `forward`) nor
+//! decide routes. Only `Upgrade: websocket` is tunnelled; any other protocol
+//! (`h2c`, anything else) is stripped and the request forwarded as a plain
+//! one, so a client can never get a raw pipe to an upstream by naming an
+//! arbitrary protocol.
+
+use std::net::SocketAddr;
+
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, HeaderName, Request, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, watch};
+
+/// The only protocol we tunnel.
+pub(crate) const WEBSOCKET: &str = "websocket";
+
+/// Where a handler hands a tunnel to its connection task, which runs it
+/// after hyper has given up the connection. At most one per HTTP/1.1
+/// connection: nothing follows a protocol switch.
+pub(crate) type TunnelSender = mpsc::Sender<Tunnel>;
+
+/// Both halves of an agreed protocol switch, not yet completed.
+#[derive(Debug)]
+pub(crate) struct Tunnel {
+    /// The client connection, once hyper has written our 101.
+    pub(crate) client: OnUpgrade,
+    /// The upstream connection, once its 101 has been read.
+    pub(crate) upstream: OnUpgrade,
+    /// For logs.
+    pub(crate) upstream_addr: SocketAddr,
+}
+
+/// True when `req` asks for a WebSocket over HTTP/1.1: `Connection` has the
+/// `upgrade` token and `Upgrade` the `websocket` token (case-insensitive).
+pub(crate) fn wants_websocket<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && has_token(req.headers(), &CONNECTION, "upgrade")
+        && has_token(req.headers(), &UPGRADE, WEBSOCKET)
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+impl Tunnel {
+    /// Waits for both switches, then copies bytes both ways until either
+    /// side closes or fails, or `drain` turns true. The client side runs over
+    /// the connection's deadline I/O, so the idle timeout (no bytes moving
+    /// either way) ends a silent tunnel.
+    pub(crate) async fn run(self, mut drain: watch::Receiver<bool>) {
+        let upstream_addr = self.upstream_addr;
+        let (client, upstream) = match tokio::try_join!(self.client, self.upstream) {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::debug!(upstream = %upstream_addr, error = %err, "protocol switch failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
+                Ok((up, down)) => tracing::debug!(
+                    upstream = %upstream_addr, bytes_up = up, bytes_down = down, "tunnel closed"
+                ),
+                Err(err) => tracing::debug!(
+                    upstream = %upstream_addr, error = %err, "tunnel ended with an error"
+                ),
+            },
+            _ = drain.wait_for(|draining| *draining) => {
+                tracing::debug!(upstream = %upstream_addr, "tunnel closed for shutdown");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::get("/").version(version);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).expect("request")
+    }
+
+    #[test]
+    fn websocket_needs_both_tokens_on_http11() {
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert!(wants_websocket(&request(Version::HTTP_11, &ws)));
+        assert!(!wants_websocket(&request(Version::HTTP_10, &ws)));
+        assert!(!wants_websocket(&request(Version::HTTP_2, &ws)));
+        for headers in [
+            &[("upgrade", "websocket")][..],
+            &[("connection", "upgrade")][..],
+            &[("connection", "upgrade"), ("upgrade", "h2c")][..],
+            &[("connection", "upgrade"), ("upgrade", "websocketx")][..],
+            &[("connection", "upgraded"), ("upgrade", "websocket")][..],
+        ] {
+            assert!(
+                !wants_websocket(&request(Version::HTTP_11, headers)),
+                "{headers:?}"
+            );
+        }
+    }
+}
