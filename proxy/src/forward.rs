@@ -20,7 +20,7 @@ use crate::error::ProxyError;
 use crate::host::RequestHost;
 use crate::limits::Limits;
 use crate::pages::{self, ProxyBody};
-use crate::tunnel::{wants_websocket, Tunnel, TunnelSender, WEBSOCKET};
+use crate::tunnel::{wants_websocket, Switch, Tunnel, TunnelSender, WEBSOCKET};
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -73,11 +73,16 @@ pub(crate) async fn forward(
     response_timeout: Duration,
     tunnels: Option<&TunnelSender>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // Taken while the request still carries hyper's upgrade handle.
-    let client_upgrade = match tunnels {
-        Some(tunnels) if wants_websocket(&req) => Some((tunnels, hyper::upgrade::on(&mut req))),
+    // Any `Upgrade` makes hyper hand the connection over after our answer;
+    // take the handle while the request still carries it.
+    let switch = match tunnels {
+        Some(tunnels) if req.headers().contains_key(header::UPGRADE) => {
+            let websocket = wants_websocket(&req);
+            Some((tunnels, hyper::upgrade::on(&mut req), websocket))
+        }
         _ => None,
     };
+    let websocket = matches!(switch, Some((_, _, true)));
     *req.uri_mut() = upstream_uri(req.uri(), upstream)
         .map_err(|source| ProxyError::UpstreamUri { upstream, source })?;
     // The upstream speaks HTTP/1.1 whatever the client spoke; the pooled
@@ -85,7 +90,7 @@ pub(crate) async fn forward(
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    if client_upgrade.is_some() {
+    if websocket {
         set_upgrade_headers(headers);
     }
     set_forwarding_headers(headers, client_ip, host);
@@ -104,7 +109,7 @@ pub(crate) async fn forward(
         Ok(Ok(response)) => response,
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some((tunnels, client)) = client_upgrade else {
+        let Some((tunnels, client, true)) = switch else {
             return Err(ProxyError::UnexpectedUpgrade { upstream });
         };
         let tunnel = Tunnel {
@@ -115,7 +120,7 @@ pub(crate) async fn forward(
         // Capacity one and one request at a time on HTTP/1.1: only a second
         // switch on the same connection could fail here, and none can follow.
         tunnels
-            .try_send(tunnel)
+            .try_send(Switch::Tunnel(tunnel))
             .map_err(|_| ProxyError::UnexpectedUpgrade { upstream })?;
         let (mut parts, _empty) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -124,6 +129,11 @@ pub(crate) async fn forward(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some((tunnels, client, _)) = switch {
+        // `handle` marks this answer `Connection: close`; the connection is
+        // then closed properly by its task.
+        let _ = tunnels.try_send(Switch::Refused(client));
+    }
     Ok(Response::from_parts(parts, body.boxed()))
 }
 

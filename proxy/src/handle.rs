@@ -8,8 +8,8 @@ use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::TRANSFER_ENCODING;
-use http::{HeaderName, HeaderValue, Request, Response, Uri, Version};
+use http::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
@@ -51,6 +51,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let host = request_host(&req);
+    let asked_to_switch = peer.tunnels.is_some() && req.headers().contains_key(UPGRADE);
     let mut response = match route(proxy, peer, req, host.as_ref()).await {
         Ok(response) => response,
         Err(err) => {
@@ -63,6 +64,13 @@ pub(crate) async fn handle(
     response
         .headers_mut()
         .insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
+    // hyper hands an HTTP/1.1 connection over after any request that asked
+    // to switch protocols, switched or not; one that did not switch ends.
+    if asked_to_switch && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(response)
 }
 

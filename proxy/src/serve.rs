@@ -26,7 +26,7 @@ use crate::host::normalize_host;
 use crate::limits::Limits;
 use crate::redirect::redirect;
 use crate::routes::SharedRoutes;
-use crate::tunnel::Tunnel;
+use crate::tunnel::Switch;
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -87,7 +87,8 @@ struct Https {
 }
 
 /// One HTTPS connection: handshake, HTTP until it ends, then the WebSocket
-/// tunnel if a request switched protocols. Runs inside the connection's task
+/// tunnel if a request switched protocols (or the close of one that asked
+/// to and did not). Runs inside the connection's task
 /// so the connection cap and the drain deadline also cover tunnels.
 async fn serve_tls(
     https: Arc<Https>,
@@ -114,7 +115,7 @@ async fn serve_tls(
         .server_name()
         .and_then(normalize_host)
         .map(Arc::from);
-    let (tunnel_tx, mut tunnel_rx) = mpsc::channel::<Tunnel>(1);
+    let (tunnel_tx, mut tunnel_rx) = mpsc::channel::<Switch>(1);
     let client = Peer {
         addr: peer,
         sni,
@@ -137,8 +138,8 @@ async fn serve_tls(
     if let Err(err) = ended {
         tracing::debug!(peer = %peer, error = %err, "HTTPS connection ended with an error");
     }
-    if let Ok(tunnel) = tunnel_rx.try_recv() {
-        tunnel.run(drain).await;
+    if let Ok(switch) = tunnel_rx.try_recv() {
+        switch.finish(drain).await;
     }
 }
 

@@ -12,15 +12,42 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, Request, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 /// The only protocol we tunnel.
 pub(crate) const WEBSOCKET: &str = "websocket";
 
-/// Where a handler hands a tunnel to its connection task, which runs it
-/// after hyper has given up the connection. At most one per HTTP/1.1
-/// connection: nothing follows a protocol switch.
-pub(crate) type TunnelSender = mpsc::Sender<Tunnel>;
+/// Where a handler hands a protocol switch to its connection task, which
+/// finishes it after hyper has given up the connection. At most one per
+/// HTTP/1.1 connection: nothing follows a request that asked to switch.
+pub(crate) type TunnelSender = mpsc::Sender<Switch>;
+
+/// How a request that asked to switch protocols ends.
+#[derive(Debug)]
+pub(crate) enum Switch {
+    /// Both sides switched: copy bytes.
+    Tunnel(Tunnel),
+    /// No switch (another protocol, or the upstream did not answer 101).
+    /// hyper still hands the connection over once our answer is written;
+    /// it is closed properly (TLS close_notify) instead of dropped.
+    Refused(OnUpgrade),
+}
+
+impl Switch {
+    /// Runs the tunnel, or closes the connection of a refused switch.
+    pub(crate) async fn finish(self, drain: watch::Receiver<bool>) {
+        match self {
+            Switch::Tunnel(tunnel) => tunnel.run(drain).await,
+            Switch::Refused(client) => {
+                if let Ok(upgraded) = client.await {
+                    // The deadline I/O below bounds how long this may take.
+                    let _ = TokioIo::new(upgraded).shutdown().await;
+                }
+            }
+        }
+    }
+}
 
 /// Both halves of an agreed protocol switch, not yet completed.
 #[derive(Debug)]
