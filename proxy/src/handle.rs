@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::forward::{forward, UpstreamClient};
+use crate::framing::FramingVerdicts;
 use crate::host::{request_host, RequestHost};
 use crate::limits::Limits;
 use crate::pages::{self, ProxyBody};
@@ -42,6 +43,8 @@ pub(crate) struct Peer {
     pub(crate) sni: Option<Arc<str>>,
     /// Where a WebSocket switch goes; only HTTP/1.1 connections have one.
     pub(crate) tunnels: Option<TunnelSender>,
+    /// The framing scanner's findings; only HTTP/1.1 connections have one.
+    pub(crate) framing: Option<Arc<FramingVerdicts>>,
 }
 
 /// Answers one request. Never fails: every failure becomes a page.
@@ -50,9 +53,21 @@ pub(crate) async fn handle(
     peer: &Peer,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // First, for every request: the verdicts are read in arrival order.
+    let ambiguous = peer
+        .framing
+        .as_deref()
+        .is_some_and(FramingVerdicts::next_is_ambiguous);
     let host = request_host(&req);
     let asked_to_switch = peer.tunnels.is_some() && req.headers().contains_key(UPGRADE);
-    let mut response = match route(proxy, peer, req, host.as_ref()).await {
+    let routed = if ambiguous {
+        Err(ProxyError::AmbiguousFraming {
+            reason: "content-length together with transfer-encoding",
+        })
+    } else {
+        route(proxy, peer, req, host.as_ref()).await
+    };
+    let mut response = match routed {
         Ok(response) => response,
         Err(err) => {
             log(&err, peer, host.as_ref());

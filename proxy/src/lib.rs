@@ -9,6 +9,7 @@ mod ca;
 mod deadline_io;
 mod error;
 mod forward;
+mod framing;
 mod handle;
 mod host;
 mod limits;

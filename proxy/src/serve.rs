@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::deadline_io::DeadlineIo;
 use crate::forward::upstream_client;
+use crate::framing::FramingWatch;
 use crate::handle::{handle, Peer, Proxy};
 use crate::host::normalize_host;
 use crate::limits::Limits;
@@ -116,24 +117,34 @@ async fn serve_tls(
         .and_then(normalize_host)
         .map(Arc::from);
     let (tunnel_tx, mut tunnel_rx) = mpsc::channel::<Switch>(1);
-    let client = Peer {
+    let mut client = Peer {
         addr: peer,
         sni,
-        tunnels: (!is_h2).then_some(tunnel_tx),
+        tunnels: None,
+        framing: None,
     };
-    let proxy = https.proxy.clone();
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
-        let client = client.clone();
-        async move { handle(&proxy, &client, req).await }
-    });
-    let io = TokioIo::new(stream);
+    let service = |client: Peer| {
+        let proxy = https.proxy.clone();
+        service_fn(move |req| {
+            let proxy = proxy.clone();
+            let client = client.clone();
+            async move { handle(&proxy, &client, req).await }
+        })
+    };
     let ended = if is_h2 {
-        let conn = pin!(https.h2.serve_connection(io, service));
-        until_drained(conn, drain.clone(), |conn| conn.graceful_shutdown()).await
+        let conn = https
+            .h2
+            .serve_connection(TokioIo::new(stream), service(client));
+        until_drained(pin!(conn), drain.clone(), |conn| conn.graceful_shutdown()).await
     } else {
-        let conn = pin!(https.h1.serve_connection(io, service).with_upgrades());
-        until_drained(conn, drain.clone(), |conn| conn.graceful_shutdown()).await
+        let (stream, verdicts) = FramingWatch::new(stream);
+        client.tunnels = Some(tunnel_tx);
+        client.framing = Some(verdicts);
+        let conn = https
+            .h1
+            .serve_connection(TokioIo::new(stream), service(client))
+            .with_upgrades();
+        until_drained(pin!(conn), drain.clone(), |conn| conn.graceful_shutdown()).await
     };
     if let Err(err) = ended {
         tracing::debug!(peer = %peer, error = %err, "HTTPS connection ended with an error");
