@@ -20,7 +20,7 @@ use crate::error::ProxyError;
 use crate::host::RequestHost;
 use crate::limits::Limits;
 use crate::pages::{self, ProxyBody};
-use crate::tunnel::{wants_websocket, Switch, Tunnel, TunnelSender, WEBSOCKET};
+use crate::tunnel::{PendingSwitch, WEBSOCKET};
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -60,10 +60,10 @@ pub(crate) fn upstream_client(limits: &Limits) -> UpstreamClient {
 /// Sends `req` to `upstream` and relays its response (headers cleaned, body
 /// streamed). `client_ip` and `host` describe the original request.
 ///
-/// With `tunnels` (an HTTP/1.1 connection) a WebSocket upgrade request is
+/// With a `switch` that asked for a WebSocket (HTTP/1.1 only) the request is
 /// forwarded with `Connection: upgrade` and `Upgrade: websocket`; only if the
-/// upstream answers 101 is the switch handed to the connection as a
-/// [`Tunnel`]. Any other answer is relayed as is, and no tunnel exists.
+/// upstream answers 101 is the switch handed to the connection as a tunnel.
+/// Any other answer is relayed as is, and no tunnel exists.
 pub(crate) async fn forward(
     client: &UpstreamClient,
     mut req: Request<Incoming>,
@@ -71,18 +71,9 @@ pub(crate) async fn forward(
     client_ip: IpAddr,
     host: &RequestHost,
     response_timeout: Duration,
-    tunnels: Option<&TunnelSender>,
+    switch: Option<PendingSwitch>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // Any `Upgrade` makes hyper hand the connection over after our answer;
-    // take the handle while the request still carries it.
-    let switch = match tunnels {
-        Some(tunnels) if req.headers().contains_key(header::UPGRADE) => {
-            let websocket = wants_websocket(&req);
-            Some((tunnels, hyper::upgrade::on(&mut req), websocket))
-        }
-        _ => None,
-    };
-    let websocket = matches!(switch, Some((_, _, true)));
+    let websocket = switch.as_ref().is_some_and(|switch| switch.websocket);
     *req.uri_mut() = upstream_uri(req.uri(), upstream)
         .map_err(|source| ProxyError::UpstreamUri { upstream, source })?;
     // The upstream speaks HTTP/1.1 whatever the client spoke; the pooled
@@ -109,31 +100,19 @@ pub(crate) async fn forward(
         Ok(Ok(response)) => response,
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some((tunnels, client, true)) = switch else {
+        let upgrade = hyper::upgrade::on(&mut response);
+        if !switch.is_some_and(|switch| switch.tunnel(upgrade, upstream)) {
             return Err(ProxyError::UnexpectedUpgrade { upstream });
-        };
-        let tunnel = Tunnel {
-            client,
-            upstream: hyper::upgrade::on(&mut response),
-            upstream_addr: upstream,
-        };
-        // Capacity one and one request at a time on HTTP/1.1: only a second
-        // switch on the same connection could fail here, and none can follow.
-        tunnels
-            .try_send(Switch::Tunnel(tunnel))
-            .map_err(|_| ProxyError::UnexpectedUpgrade { upstream })?;
+        }
         let (mut parts, _empty) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         set_upgrade_headers(&mut parts.headers);
         return Ok(Response::from_parts(parts, pages::empty()));
     }
+    // Any other answer: `switch` drops here and the connection task closes
+    // the connection after it (`handle` marks it `Connection: close`).
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if let Some((tunnels, client, _)) = switch {
-        // `handle` marks this answer `Connection: close`; the connection is
-        // then closed properly by its task.
-        let _ = tunnels.try_send(Switch::Refused(client));
-    }
     Ok(Response::from_parts(parts, body.boxed()))
 }
 

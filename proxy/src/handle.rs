@@ -8,7 +8,7 @@ use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -19,7 +19,7 @@ use crate::host::{request_host, RequestHost};
 use crate::limits::Limits;
 use crate::pages::{self, ProxyBody};
 use crate::routes::{Route, SharedRoutes};
-use crate::tunnel::TunnelSender;
+use crate::tunnel::{PendingSwitch, TunnelSender};
 
 const X_ROBOTS_TAG: HeaderName = HeaderName::from_static("x-robots-tag");
 
@@ -51,7 +51,7 @@ pub(crate) struct Peer {
 pub(crate) async fn handle(
     proxy: &Proxy,
     peer: &Peer,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // First, for every request: the verdicts are read in arrival order.
     let ambiguous = peer
@@ -59,13 +59,20 @@ pub(crate) async fn handle(
         .as_deref()
         .is_some_and(FramingVerdicts::next_is_ambiguous);
     let host = request_host(&req);
-    let asked_to_switch = peer.tunnels.is_some() && req.headers().contains_key(UPGRADE);
+    // Any `Upgrade` makes hyper hand an HTTP/1.1 connection over after our
+    // answer; the claim is taken here so every answer, page or relayed,
+    // settles it.
+    let switch = peer
+        .tunnels
+        .as_ref()
+        .and_then(|tunnels| PendingSwitch::take(tunnels, &mut req));
+    let asked_to_switch = switch.is_some();
     let routed = if ambiguous {
         Err(ProxyError::AmbiguousFraming {
             reason: "content-length together with transfer-encoding",
         })
     } else {
-        route(proxy, peer, req, host.as_ref()).await
+        route(proxy, peer, req, host.as_ref(), switch).await
     };
     let mut response = match routed {
         Ok(response) => response,
@@ -94,6 +101,7 @@ async fn route(
     peer: &Peer,
     req: Request<Incoming>,
     host: Option<&RequestHost>,
+    switch: Option<PendingSwitch>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_target(req.uri(), proxy.limits.max_uri_bytes)?;
     check_framing(&req)?;
@@ -121,7 +129,7 @@ async fn route(
                 peer.addr.ip(),
                 host,
                 proxy.limits.upstream_response_timeout,
-                peer.tunnels.as_ref(),
+                switch,
             )
             .await
         }

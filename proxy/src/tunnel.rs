@@ -60,6 +60,60 @@ pub(crate) struct Tunnel {
     pub(crate) upstream_addr: SocketAddr,
 }
 
+/// A request's claim on its connection's protocol switch, taken before the
+/// request is forwarded. Unless [`PendingSwitch::tunnel`] completes it,
+/// dropping it (any answer but a 101, any error) hands the connection task
+/// a [`Switch::Refused`], so the connection is closed properly.
+#[derive(Debug)]
+pub(crate) struct PendingSwitch {
+    tunnels: TunnelSender,
+    /// `None` once handed to the connection task.
+    client: Option<OnUpgrade>,
+    /// Whether the request asked for a WebSocket (the only switch we make).
+    pub(crate) websocket: bool,
+}
+
+impl PendingSwitch {
+    /// Takes hyper's upgrade handle from `req` when it carries `Upgrade`.
+    pub(crate) fn take<B>(tunnels: &TunnelSender, req: &mut Request<B>) -> Option<Self> {
+        if !req.headers().contains_key(UPGRADE) {
+            return None;
+        }
+        Some(Self {
+            tunnels: tunnels.clone(),
+            websocket: wants_websocket(req),
+            client: Some(hyper::upgrade::on(req)),
+        })
+    }
+
+    /// Hands both halves to the connection task; false if this request did
+    /// not ask for a WebSocket or the connection already has a switch.
+    pub(crate) fn tunnel(mut self, upstream: OnUpgrade, upstream_addr: SocketAddr) -> bool {
+        if !self.websocket {
+            return false;
+        }
+        let Some(client) = self.client.take() else {
+            return false;
+        };
+        let tunnel = Tunnel {
+            client,
+            upstream,
+            upstream_addr,
+        };
+        // Capacity one and one request at a time on HTTP/1.1: only a second
+        // switch on one connection could fail, and none can follow a first.
+        self.tunnels.try_send(Switch::Tunnel(tunnel)).is_ok()
+    }
+}
+
+impl Drop for PendingSwitch {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = self.tunnels.try_send(Switch::Refused(client));
+        }
+    }
+}
+
 /// True when `req` asks for a WebSocket over HTTP/1.1: `Connection` has the
 /// `upgrade` token and `Upgrade` the `websocket` token (case-insensitive).
 pub(crate) fn wants_websocket<B>(req: &Request<B>) -> bool {

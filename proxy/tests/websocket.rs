@@ -223,3 +223,21 @@ async fn silent_tunnel_is_closed_after_the_idle_timeout() {
     let _ = within(10, "idle tunnel close", tls.read_to_end(&mut rest)).await;
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+#[tokio::test]
+async fn upgrade_answered_by_a_page_closes_the_connection_cleanly() {
+    let mut table = app_at(closed_port().await);
+    table.insert("gone.preview.test", previewd_proxy::Route::Gone);
+    let proxy = Proxy::start(table).await;
+    for (host, status) in [(APP, 502), ("gone.preview.test", 404)] {
+        let mut tls = proxy.tls(host, &[b"http/1.1"]).await.expect("TLS");
+        let request = upgrade_request("/chat", "websocket").replace(APP, host);
+        tls.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        // read_to_string fails on a close without TLS close_notify.
+        within(10, "clean close", tls.read_to_string(&mut answer))
+            .await
+            .expect("closed with close_notify");
+        assert_eq!(raw_status(&answer), status, "{answer}");
+    }
+}
