@@ -53,11 +53,11 @@ impl Switch {
 #[derive(Debug)]
 pub(crate) struct Tunnel {
     /// The client connection, once hyper has written our 101.
-    pub(crate) client: OnUpgrade,
+    client: OnUpgrade,
     /// The upstream connection, once its 101 has been read.
-    pub(crate) upstream: OnUpgrade,
+    upstream: OnUpgrade,
     /// For logs.
-    pub(crate) upstream_addr: SocketAddr,
+    upstream_addr: SocketAddr,
 }
 
 /// A request's claim on its connection's protocol switch, taken before the
@@ -136,7 +136,7 @@ impl Tunnel {
     /// side closes or fails, or `drain` turns true. The client side runs over
     /// the connection's deadline I/O, so the idle timeout (no bytes moving
     /// either way) ends a silent tunnel.
-    pub(crate) async fn run(self, mut drain: watch::Receiver<bool>) {
+    async fn run(self, mut drain: watch::Receiver<bool>) {
         let upstream_addr = self.upstream_addr;
         let (client, upstream) = match tokio::try_join!(self.client, self.upstream) {
             Ok(pair) => pair,
