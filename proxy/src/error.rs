@@ -21,6 +21,21 @@ pub(crate) enum ProxyError {
         /// Normalized SNI of the connection.
         sni: String,
     },
+    /// The request target is longer than the limit allows.
+    #[error("request target of {len} bytes exceeds the limit of {max}")]
+    UriTooLong {
+        /// Bytes in the request target.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The request's framing could be read more than one way (request
+    /// smuggling shapes hyper lets through); it is never forwarded.
+    #[error("ambiguous request framing: {reason}")]
+    AmbiguousFraming {
+        /// What was wrong, for the log.
+        reason: &'static str,
+    },
     /// The host is valid but no preview lives there.
     #[error("no preview for this host")]
     UnknownHost,
@@ -70,6 +85,12 @@ pub(crate) enum ProxyError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// The upstream switched protocols although no tunnel was asked for.
+    #[error("upstream {upstream} answered 101 to a request that was not an upgrade")]
+    UnexpectedUpgrade {
+        /// The route's upstream.
+        upstream: SocketAddr,
+    },
     /// The upstream did not send response headers in time.
     #[error("upstream {upstream} did not answer within {}s", timeout.as_secs())]
     UpstreamTimeout {
@@ -87,6 +108,8 @@ impl ProxyError {
         match self {
             ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::AmbiguousFraming { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost => StatusCode::NOT_FOUND,
             ProxyError::Building { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Failed { .. } => StatusCode::BAD_GATEWAY,
@@ -94,6 +117,7 @@ impl ProxyError {
             ProxyError::UpstreamUri { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnect { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamRequest { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UnexpectedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -104,6 +128,8 @@ impl ProxyError {
         match self {
             ProxyError::BadHost
             | ProxyError::Misdirected { .. }
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::AmbiguousFraming { .. }
             | ProxyError::UnknownHost
             | ProxyError::Building { .. }
             | ProxyError::Failed { .. }
@@ -111,6 +137,7 @@ impl ProxyError {
             ProxyError::UpstreamUri { .. }
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamRequest { .. }
+            | ProxyError::UnexpectedUpgrade { .. }
             | ProxyError::UpstreamTimeout { .. } => true,
         }
     }
@@ -133,6 +160,14 @@ mod tests {
                 421,
             ),
             (ProxyError::UnknownHost, 404),
+            (ProxyError::UriTooLong { len: 9, max: 8 }, 414),
+            (
+                ProxyError::AmbiguousFraming {
+                    reason: "transfer-encoding",
+                },
+                400,
+            ),
+            (ProxyError::UnexpectedUpgrade { upstream }, 502),
             (
                 ProxyError::Building {
                     commit: "abc".into(),

@@ -1,14 +1,15 @@
 //! Relaying one request to a live preview's upstream over the shared pooled
 //! client: URI rewrite, hop-by-hop stripping, `X-Forwarded-*`/`Forwarded`,
-//! timeouts. Bodies stream both ways and are never buffered. It must not
-//! decide whether to forward (that is `handle`) nor render pages.
+//! timeouts, and the upstream half of a WebSocket upgrade. Bodies stream both
+//! ways and are never buffered. It must not decide whether to forward (that
+//! is `handle`) nor render pages.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HOST};
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,7 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::error::ProxyError;
 use crate::host::RequestHost;
 use crate::limits::Limits;
-use crate::pages::ProxyBody;
+use crate::pages::{self, ProxyBody};
+use crate::tunnel::{PendingSwitch, WEBSOCKET};
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -57,6 +59,11 @@ pub(crate) fn upstream_client(limits: &Limits) -> UpstreamClient {
 
 /// Sends `req` to `upstream` and relays its response (headers cleaned, body
 /// streamed). `client_ip` and `host` describe the original request.
+///
+/// With a `switch` that asked for a WebSocket (HTTP/1.1 only) the request is
+/// forwarded with `Connection: upgrade` and `Upgrade: websocket`; only if the
+/// upstream answers 101 is the switch handed to the connection as a tunnel.
+/// Any other answer is relayed as is, and no tunnel exists.
 pub(crate) async fn forward(
     client: &UpstreamClient,
     mut req: Request<Incoming>,
@@ -64,7 +71,9 @@ pub(crate) async fn forward(
     client_ip: IpAddr,
     host: &RequestHost,
     response_timeout: Duration,
+    switch: Option<PendingSwitch>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let websocket = switch.as_ref().is_some_and(|switch| switch.websocket);
     *req.uri_mut() = upstream_uri(req.uri(), upstream)
         .map_err(|source| ProxyError::UpstreamUri { upstream, source })?;
     // The upstream speaks HTTP/1.1 whatever the client spoke; the pooled
@@ -72,9 +81,12 @@ pub(crate) async fn forward(
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
+    if websocket {
+        set_upgrade_headers(headers);
+    }
     set_forwarding_headers(headers, client_ip, host);
 
-    let response = match tokio::time::timeout(response_timeout, client.request(req)).await {
+    let mut response = match tokio::time::timeout(response_timeout, client.request(req)).await {
         Err(_elapsed) => {
             return Err(ProxyError::UpstreamTimeout {
                 upstream,
@@ -87,9 +99,27 @@ pub(crate) async fn forward(
         Ok(Err(source)) => return Err(ProxyError::UpstreamRequest { upstream, source }),
         Ok(Ok(response)) => response,
     };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upgrade = hyper::upgrade::on(&mut response);
+        if !switch.is_some_and(|switch| switch.tunnel(upgrade, upstream)) {
+            return Err(ProxyError::UnexpectedUpgrade { upstream });
+        }
+        let (mut parts, _empty) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        set_upgrade_headers(&mut parts.headers);
+        return Ok(Response::from_parts(parts, pages::empty()));
+    }
+    // Any other answer: `switch` drops here and the connection task closes
+    // the connection after it (`handle` marks it `Connection: close`).
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// The two headers of a WebSocket switch, on either side of the proxy.
+fn set_upgrade_headers(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
 }
 
 /// `http://<upstream><path-and-query>`.

@@ -1,5 +1,6 @@
-//! One HTTPS request: find its host, look the route up once, then forward to
-//! the upstream or answer with a page. Logging of failures happens here,
+//! One HTTPS request: refuse what must never be forwarded (overlong targets,
+//! ambiguous framing), find its host, look the route up once, then forward
+//! to the upstream or answer with a page. Logging of failures happens here,
 //! once, where they are handled.
 
 use std::convert::Infallible;
@@ -7,15 +8,18 @@ use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::header::{CONNECTION, TRANSFER_ENCODING};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::forward::{forward, UpstreamClient};
+use crate::framing::FramingVerdicts;
 use crate::host::{request_host, RequestHost};
 use crate::limits::Limits;
 use crate::pages::{self, ProxyBody};
 use crate::routes::{Route, SharedRoutes};
+use crate::tunnel::{PendingSwitch, TunnelSender};
 
 const X_ROBOTS_TAG: HeaderName = HeaderName::from_static("x-robots-tag");
 
@@ -37,16 +41,40 @@ pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
     /// Normalized SNI of the TLS connection, when the client sent one.
     pub(crate) sni: Option<Arc<str>>,
+    /// Where a WebSocket switch goes; only HTTP/1.1 connections have one.
+    pub(crate) tunnels: Option<TunnelSender>,
+    /// The framing scanner's findings; only HTTP/1.1 connections have one.
+    pub(crate) framing: Option<Arc<FramingVerdicts>>,
 }
 
 /// Answers one request. Never fails: every failure becomes a page.
 pub(crate) async fn handle(
     proxy: &Proxy,
     peer: &Peer,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // First, for every request: the verdicts are read in arrival order.
+    let ambiguous = peer
+        .framing
+        .as_deref()
+        .is_some_and(FramingVerdicts::next_is_ambiguous);
     let host = request_host(&req);
-    let mut response = match route(proxy, peer, req, host.as_ref()).await {
+    // Any `Upgrade` makes hyper hand an HTTP/1.1 connection over after our
+    // answer; the claim is taken here so every answer, page or relayed,
+    // settles it.
+    let switch = peer
+        .tunnels
+        .as_ref()
+        .and_then(|tunnels| PendingSwitch::take(tunnels, &mut req));
+    let asked_to_switch = switch.is_some();
+    let routed = if ambiguous {
+        Err(ProxyError::AmbiguousFraming {
+            reason: "content-length together with transfer-encoding",
+        })
+    } else {
+        route(proxy, peer, req, host.as_ref(), switch).await
+    };
+    let mut response = match routed {
         Ok(response) => response,
         Err(err) => {
             log(&err, peer, host.as_ref());
@@ -58,6 +86,13 @@ pub(crate) async fn handle(
     response
         .headers_mut()
         .insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
+    // hyper hands an HTTP/1.1 connection over after any request that asked
+    // to switch protocols, switched or not; one that did not switch ends.
+    if asked_to_switch && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(response)
 }
 
@@ -66,7 +101,10 @@ async fn route(
     peer: &Peer,
     req: Request<Incoming>,
     host: Option<&RequestHost>,
+    switch: Option<PendingSwitch>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    check_target(req.uri(), proxy.limits.max_uri_bytes)?;
+    check_framing(&req)?;
     let host = host.ok_or(ProxyError::BadHost)?;
     // Each preview gets its own certificate, so a client never has a reason
     // to send one preview's requests over another's connection; refusing
@@ -91,12 +129,53 @@ async fn route(
                 peer.addr.ip(),
                 host,
                 proxy.limits.upstream_response_timeout,
+                switch,
             )
             .await
         }
         Some(Route::Building { commit, since }) => Err(ProxyError::Building { commit, since }),
         Some(Route::Failed { commit, log_tail }) => Err(ProxyError::Failed { commit, log_tail }),
         Some(Route::Gone) => Err(ProxyError::Gone),
+    }
+}
+
+/// 414 for a request target longer than `max` bytes (hyper's own limit is
+/// 64 KiB, and only on HTTP/1).
+fn check_target(uri: &Uri, max: usize) -> Result<(), ProxyError> {
+    let len = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if len > max {
+        return Err(ProxyError::UriTooLong { len, max });
+    }
+    Ok(())
+}
+
+/// Refuses HTTP/1 framing that hyper accepts but that another parser could
+/// read differently. hyper already refuses (400) differing or non-numeric
+/// `Content-Length`, a `Transfer-Encoding` whose last coding is not
+/// `chunked`, `Transfer-Encoding` on HTTP/1.0, obs-fold and whitespace before
+/// the colon. Left for us: a `Transfer-Encoding` that is anything but one
+/// plain `chunked` (`gzip, chunked`, `chunked, chunked`, two fields), which
+/// we could not relay faithfully anyway since the upstream hop re-frames.
+fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.version() > Version::HTTP_11 {
+        return Ok(());
+    }
+    let mut codings = req.headers().get_all(TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(only), None)
+            if only
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked") =>
+        {
+            Ok(())
+        }
+        _ => Err(ProxyError::AmbiguousFraming {
+            reason: "transfer-encoding other than a single chunked",
+        }),
     }
 }
 
@@ -119,4 +198,44 @@ fn causes(err: &ProxyError) -> String {
         next = cause.source();
     }
     chain.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_length_counts_every_part() {
+        let uri: Uri = "https://app.preview.test/abc?d".parse().expect("uri");
+        assert!(check_target(&uri, 30).is_ok());
+        assert!(matches!(
+            check_target(&uri, 29),
+            Err(ProxyError::UriTooLong { len: 30, max: 29 })
+        ));
+        let origin: Uri = "/abc".parse().expect("uri");
+        assert!(check_target(&origin, 4).is_ok());
+        assert!(check_target(&origin, 3).is_err());
+    }
+
+    #[test]
+    fn only_a_single_plain_chunked_passes() {
+        let request = |values: &[&str]| {
+            let mut builder = Request::post("/");
+            for value in values {
+                builder = builder.header(TRANSFER_ENCODING, *value);
+            }
+            builder.body(()).expect("request")
+        };
+        assert!(check_framing(&request(&[])).is_ok());
+        assert!(check_framing(&request(&["chunked"])).is_ok());
+        assert!(check_framing(&request(&["Chunked "])).is_ok());
+        for bad in [
+            &["gzip, chunked"][..],
+            &["chunked, chunked"][..],
+            &["chunked", "chunked"][..],
+            &["xchunked"][..],
+        ] {
+            assert!(check_framing(&request(bad)).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -10,8 +10,10 @@ mod atomic_file;
 mod ca;
 mod cert_files;
 mod cert_source;
+mod deadline_io;
 mod error;
 mod forward;
+mod framing;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -24,6 +26,7 @@ mod redirect;
 mod routes;
 mod serve;
 mod tls;
+mod tunnel;
 
 pub use acme::{
     AcmeError, AcmeSettings, HookError, IssueError, StoreError, LETS_ENCRYPT_DIRECTORY,

@@ -4,30 +4,45 @@
 use std::time::Duration;
 
 /// Limits and timeouts for the HTTPS listener and its upstream requests.
+/// Every field is enforced; defaults are in brackets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// A client that has not finished its TLS handshake by then is dropped.
+    /// A client that has not finished its TLS handshake by then is dropped
+    /// [10 s].
     pub handshake_timeout: Duration,
-    /// Longest wait for a request's complete header block (slowloris guard).
+    /// Longest wait for a request's complete header block on HTTP/1.1
+    /// (slowloris guard): hyper closes the connection without an answer
+    /// [15 s]. hyper starts this timer whenever it waits for a request head,
+    /// so it also bounds how long an HTTP/1.1 keep-alive connection may sit
+    /// idle between requests.
     pub header_read_timeout: Duration,
-    /// Largest request header block in bytes; more gets 431.
+    /// Largest request header block in bytes, start line included [64 KiB].
+    /// HTTP/1.1: 431 and the connection closed (hyper). HTTP/2: advertised
+    /// as SETTINGS_MAX_HEADER_LIST_SIZE, a larger block gets 431 on its
+    /// stream, and it also bounds CONTINUATION frames per block.
     pub max_header_bytes: usize,
-    /// Longest request target (URI) in bytes; more gets 414.
+    /// Longest request target (URI) in bytes; more gets 414 and is never
+    /// routed or forwarded [8 KiB].
     pub max_uri_bytes: usize,
-    /// A connection with no bytes moving either way for this long is closed.
+    /// A connection with no bytes moving either way for this long is closed,
+    /// WebSocket tunnels included [75 s].
     pub idle_timeout: Duration,
     /// A client that accepts none of our bytes for this long is cut off
-    /// (hyper has no write timeout of its own).
+    /// (hyper has no write timeout of its own) [60 s].
     pub write_timeout: Duration,
-    /// Connecting to an upstream.
+    /// Connecting to an upstream; failing is 502 [5 s].
     pub upstream_connect_timeout: Duration,
-    /// Waiting for an upstream's response headers.
+    /// Waiting for an upstream's response headers; exceeding it is 504
+    /// [60 s].
     pub upstream_response_timeout: Duration,
-    /// Open client connections; beyond it new connections are closed at once.
+    /// Open client connections; beyond it new connections are closed as
+    /// soon as they are accepted, with a rate-limited warning [10,000].
     pub max_connections: usize,
-    /// HTTP/2 streams one connection may have open at once.
+    /// HTTP/2 streams one connection may have open at once; more are
+    /// refused with RST_STREAM(REFUSED_STREAM) [128].
     pub h2_max_concurrent_streams: u32,
-    /// How long open connections get to finish after shutdown is asked for.
+    /// How long open connections get to finish after shutdown is asked for;
+    /// then they are aborted [10 s].
     pub drain_timeout: Duration,
 }
 

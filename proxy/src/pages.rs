@@ -46,6 +46,14 @@ pub(crate) fn page(err: &ProxyError) -> Response<ProxyBody> {
             "<p>This connection was opened for another host. Connect again to this one.</p>"
                 .to_owned(),
         ),
+        ProxyError::UriTooLong { .. } => (
+            "Request target too long",
+            "<p>The address of this request is too long.</p>".to_owned(),
+        ),
+        ProxyError::AmbiguousFraming { .. } => (
+            "Bad request",
+            "<p>This request's length cannot be read unambiguously.</p>".to_owned(),
+        ),
         ProxyError::UnknownHost => (
             "No preview here",
             "<p>There is no preview at this address.</p>".to_owned(),
@@ -80,7 +88,8 @@ pub(crate) fn page(err: &ProxyError) -> Response<ProxyBody> {
         ),
         ProxyError::UpstreamUri { .. }
         | ProxyError::UpstreamConnect { .. }
-        | ProxyError::UpstreamRequest { .. } => (
+        | ProxyError::UpstreamRequest { .. }
+        | ProxyError::UnexpectedUpgrade { .. } => (
             "Preview not reachable",
             "<p>The preview's app did not answer. It may be starting or may have crashed.</p>"
                 .to_owned(),

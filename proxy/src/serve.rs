@@ -1,40 +1,59 @@
 //! The listeners: accept loops for HTTPS (TLS handshake, then HTTP/1.1 or
-//! HTTP/2) and plain-HTTP redirects, one task per connection, and graceful
-//! shutdown with a deadline. The caller binds the listener and owns shutdown.
+//! HTTP/2 by ALPN) and plain-HTTP redirects, one task per connection under
+//! the connection cap and deadline I/O, hyper's protocol limits, and
+//! graceful shutdown with a deadline. The caller binds the listener and owns
+//! shutdown.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::deadline_io::DeadlineIo;
 use crate::forward::upstream_client;
+use crate::framing::FramingWatch;
 use crate::handle::{handle, Peer, Proxy};
 use crate::host::normalize_host;
 use crate::limits::Limits;
 use crate::redirect::redirect;
 use crate::routes::SharedRoutes;
+use crate::tunnel::Switch;
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-type HttpBuilder = auto::Builder<TokioExecutor>;
+/// At most one warning per this long about connections refused for the cap.
+const REFUSED_WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// HTTP/2 streams a client may open and reset before we accept them (the
+/// rapid-reset attack, CVE-2023-44487); beyond it: GOAWAY ENHANCE_YOUR_CALM.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// HTTP/2 streams we may reset for protocol errors the client caused before
+/// the connection is closed (CVE-2024-27316-style floods).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// Bytes of response data buffered per HTTP/2 stream before its body is
+/// paused, so a client that stops reading cannot pile up upstream data.
+const H2_MAX_SEND_BUF: usize = 256 * 1024;
 
 /// Serves previews over HTTPS on `listener` until `shutdown` resolves.
 ///
-/// Each connection is its own task: TLS handshake (10 s timeout), then
-/// HTTP/1.1 or HTTP/2 as negotiated (30 s header read timeout), each request
-/// routed through `routes`. A failed handshake or connection is logged at
-/// debug and never ends the loop. On shutdown: stop accepting, ask open
-/// connections to finish, wait up to 10 s for them, return `Ok(())`.
+/// Each connection is its own task, at most `limits.max_connections` at once
+/// (more are closed as soon as they are accepted): TLS handshake, then
+/// HTTP/2 when ALPN chose `h2` and HTTP/1.1 otherwise, each request routed
+/// through `routes`. Every limit in [`Limits`] applies. A failed handshake or
+/// connection is logged at debug and never ends the loop. On shutdown: stop
+/// accepting, ask open connections to finish, wait up to
+/// `limits.drain_timeout` for them, return `Ok(())`.
 pub async fn serve_https(
     listener: TcpListener,
     routes: SharedRoutes,
@@ -42,59 +61,106 @@ pub async fn serve_https(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
-    let proxy = Arc::new(Proxy {
-        routes,
-        client: upstream_client(&limits),
-        limits: limits.clone(),
+    let https = Arc::new(Https {
+        acceptor: TlsAcceptor::from(tls),
+        h1: h1_builder(&limits),
+        h2: h2_builder(&limits),
+        proxy: Arc::new(Proxy {
+            routes,
+            client: upstream_client(&limits),
+            limits: limits.clone(),
+        }),
     });
-    let builder = Arc::new(http_builder(&limits));
-    let handshake_timeout = limits.handshake_timeout;
-    accept_loop(listener, shutdown, "https", limits.drain_timeout, move |stream, peer, watcher| {
-        let acceptor = acceptor.clone();
-        let proxy = proxy.clone();
-        let builder = builder.clone();
-        async move {
-            let stream =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(err)) => {
-                        tracing::debug!(peer = %peer, error = %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_elapsed) => {
-                        tracing::debug!(peer = %peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let client = Peer {
-                addr: peer,
-                sni: stream
-                    .get_ref()
-                    .1
-                    .server_name()
-                    .and_then(normalize_host)
-                    .map(Arc::from),
-            };
-            let service = service_fn(move |req| {
-                let proxy = proxy.clone();
-                let client = client.clone();
-                async move { handle(&proxy, &client, req).await }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(conn).await {
-                tracing::debug!(peer = %peer, error = %err, "HTTPS connection ended with an error");
-            }
-        }
-    })
+    accept_loop(
+        listener,
+        shutdown,
+        "https",
+        &limits,
+        move |stream, peer, drain| serve_tls(https.clone(), stream, peer, drain),
+    )
     .await
+}
+
+/// What every HTTPS connection task shares.
+struct Https {
+    acceptor: TlsAcceptor,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+}
+
+/// One HTTPS connection: handshake, HTTP until it ends, then the WebSocket
+/// tunnel if a request switched protocols (or the close of one that asked
+/// to and did not). Runs inside the connection's task
+/// so the connection cap and the drain deadline also cover tunnels.
+async fn serve_tls(
+    https: Arc<Https>,
+    stream: DeadlineIo<TcpStream>,
+    peer: SocketAddr,
+    drain: watch::Receiver<bool>,
+) {
+    let limits = &https.proxy.limits;
+    let stream =
+        match tokio::time::timeout(limits.handshake_timeout, https.acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(peer = %peer, error = %err, "TLS handshake failed");
+                return;
+            }
+            Err(_elapsed) => {
+                tracing::debug!(peer = %peer, "TLS handshake timed out");
+                return;
+            }
+        };
+    let session = stream.get_ref().1;
+    let is_h2 = session.alpn_protocol() == Some(b"h2");
+    let sni = session
+        .server_name()
+        .and_then(normalize_host)
+        .map(Arc::from);
+    let (tunnel_tx, mut tunnel_rx) = mpsc::channel::<Switch>(1);
+    let mut client = Peer {
+        addr: peer,
+        sni,
+        tunnels: None,
+        framing: None,
+    };
+    let service = |client: Peer| {
+        let proxy = https.proxy.clone();
+        service_fn(move |req| {
+            let proxy = proxy.clone();
+            let client = client.clone();
+            async move { handle(&proxy, &client, req).await }
+        })
+    };
+    let ended = if is_h2 {
+        let conn = https
+            .h2
+            .serve_connection(TokioIo::new(stream), service(client));
+        until_drained(pin!(conn), drain.clone(), |conn| conn.graceful_shutdown()).await
+    } else {
+        let (stream, verdicts) = FramingWatch::new(stream);
+        client.tunnels = Some(tunnel_tx);
+        client.framing = Some(verdicts);
+        let conn = https
+            .h1
+            .serve_connection(TokioIo::new(stream), service(client))
+            .with_upgrades();
+        until_drained(pin!(conn), drain.clone(), |conn| conn.graceful_shutdown()).await
+    };
+    if let Err(err) = ended {
+        tracing::debug!(peer = %peer, error = %err, "HTTPS connection ended with an error");
+    }
+    if let Ok(switch) = tunnel_rx.try_recv() {
+        switch.finish(drain).await;
+    }
 }
 
 /// Plain-HTTP listener: answers every request with 308 to
 /// `https://<host>:<https_port><path-and-query>` (no `:443` for port 443),
 /// but only when the request's host is `domain` or ends with `.<domain>`;
-/// any other or missing host gets 400. Same shutdown contract as
-/// [`serve_https`].
+/// any other or missing host gets 400. Same shutdown contract and default
+/// limits as [`serve_https`].
 pub async fn serve_redirect(
     listener: TcpListener,
     domain: String,
@@ -105,8 +171,18 @@ pub async fn serve_redirect(
         .unwrap_or_else(|| domain.to_ascii_lowercase())
         .into();
     let limits = Limits::default();
-    let builder = Arc::new(http_builder(&limits));
-    accept_loop(listener, shutdown, "http", limits.drain_timeout, move |stream, peer, watcher| {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(header_list_size(&limits));
+    let builder = Arc::new(builder);
+    accept_loop(listener, shutdown, "http", &limits, move |stream, peer, drain| {
         let domain = domain.clone();
         let builder = builder.clone();
         async move {
@@ -114,8 +190,8 @@ pub async fn serve_redirect(
                 let answer = redirect(&req, &domain, https_port);
                 async move { answer }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(conn).await {
+            let conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
+            if let Err(err) = until_drained(conn, drain, |conn| conn.graceful_shutdown()).await {
                 tracing::debug!(peer = %peer, error = %err, "HTTP connection ended with an error");
             }
         }
@@ -123,42 +199,86 @@ pub async fn serve_redirect(
     .await
 }
 
-fn http_builder(limits: &Limits) -> HttpBuilder {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn h1_builder(limits: &Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
     // Without a timer hyper cannot enforce the header read timeout.
     builder
-        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers 431 and closes beyond this (start line included).
+        .max_header_size(limits.max_header_bytes);
     builder
 }
 
+fn h2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        // Also bounds CONTINUATION frames per header block (h2 >= 0.4.4).
+        .max_header_list_size(header_list_size(limits))
+        .max_send_buf_size(H2_MAX_SEND_BUF);
+    builder
+}
+
+fn header_list_size(limits: &Limits) -> u32 {
+    u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX)
+}
+
+/// Runs `conn` to its end; when `drain` turns true first, asks it to finish
+/// gracefully with `shutdown` and keeps running it.
+async fn until_drained<C: Future>(
+    mut conn: Pin<&mut C>,
+    mut drain: watch::Receiver<bool>,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::select! {
+        ended = conn.as_mut() => return ended,
+        // An error means the accept loop is gone: drain as well.
+        _ = drain.wait_for(|draining| *draining) => {}
+    }
+    shutdown(conn.as_mut());
+    conn.await
+}
+
 /// Accepts connections until `shutdown`, running `serve` for each in its own
-/// task, then drains: open connections are told to finish and get
-/// `drain_timeout`; whatever is left after that is aborted.
+/// task under the connection cap and the deadline I/O, then drains: open
+/// connections are told to finish and get `drain_timeout`; whatever is left
+/// after that is aborted.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     scheme: &'static str,
-    drain_timeout: Duration,
+    limits: &Limits,
     mut serve: F,
 ) -> io::Result<()>
 where
-    F: FnMut(TcpStream, SocketAddr, Watcher) -> Fut,
+    F: FnMut(DeadlineIo<TcpStream>, SocketAddr, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refused = RefusedLog::default();
     let mut connections = JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    // The watcher is taken before the task starts, so a
-                    // connection still in its handshake also delays drain.
-                    connections.spawn(serve(stream, peer, graceful.watcher()));
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        refused.refused(scheme, limits.max_connections);
+                        drop(stream);
+                        continue;
+                    };
+                    let stream = DeadlineIo::new(stream, limits.idle_timeout, limits.write_timeout);
+                    let conn = serve(stream, peer, drain_rx.clone());
+                    connections.spawn(async move {
+                        conn.await;
+                        drop(slot);
+                    });
                 }
                 Err(err) if is_per_connection(&err) => {
                     tracing::debug!(scheme, error = %err, "accept failed for one connection");
@@ -184,7 +304,9 @@ where
         open = connections.len(),
         "stopped accepting; draining connections"
     );
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+    drain_tx.send_replace(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.drain_timeout, drained)
         .await
         .is_err()
     {
@@ -196,6 +318,36 @@ where
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// Rate-limits the warning about connections refused for the cap.
+#[derive(Debug, Default)]
+struct RefusedLog {
+    /// When the last warning went out.
+    last_warned: Option<Instant>,
+    /// Refusals since then.
+    since_warned: u64,
+}
+
+impl RefusedLog {
+    fn refused(&mut self, scheme: &'static str, max_connections: usize) {
+        self.since_warned += 1;
+        let due = self
+            .last_warned
+            .is_none_or(|at| at.elapsed() >= REFUSED_WARN_INTERVAL);
+        if due {
+            tracing::warn!(
+                scheme,
+                max_connections,
+                refused = self.since_warned,
+                "connection cap reached; closing new connections"
+            );
+            self.last_warned = Some(Instant::now());
+            self.since_warned = 0;
+        } else {
+            tracing::debug!(scheme, "connection refused: cap reached");
+        }
+    }
 }
 
 /// Errors that concern only the connection being accepted, not the listener.

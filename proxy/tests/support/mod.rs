@@ -256,3 +256,87 @@ pub async fn closed_port() -> SocketAddr {
 pub fn live(upstream: SocketAddr) -> Route {
     Route::Live { upstream }
 }
+
+/// Raw bytes over a fresh HTTP/1.1 TLS connection with SNI `APP`; returns
+/// everything the proxy sent until it closed the connection.
+pub async fn raw_h1(proxy: &Proxy, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = proxy.tls(APP, &[b"http/1.1"]).await.expect("TLS");
+    tls.write_all(request).await.expect("write request");
+    tls.flush().await.expect("flush");
+    let mut out = Vec::new();
+    // A reset after the answer still leaves the answer in `out`.
+    let _ = within(
+        10,
+        "proxy closing the connection",
+        tls.read_to_end(&mut out),
+    )
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in raw HTTP/1 `text`.
+pub fn raw_status(text: &str) -> u16 {
+    text.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
+}
+
+/// An upstream that counts the TCP connections it accepts and answers
+/// every request with 200 "upstream".
+pub async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"upstream"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// An upstream that accepts connections and never reads or answers.
+pub async fn silent_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// Polls `check` every 20 ms until it is true, failing after `secs`.
+pub async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    within(secs, what, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// A table with `APP` live at `upstream`.
+pub fn app_at(upstream: SocketAddr) -> RouteTable {
+    let mut table = RouteTable::new();
+    table.insert(APP, live(upstream));
+    table
+}
