@@ -18,6 +18,7 @@ mod serve;
 mod tls;
 
 pub use ca::{CaError, CertificateAuthority};
+pub use host::normalize_host;
 pub use limits::Limits;
 pub use routes::{Route, RouteTable, SharedRoutes};
 pub use serve::{serve_https, serve_redirect};
