@@ -156,6 +156,12 @@ where
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // A response leaves as several writes (TLS records, header then
+                    // body); with Nagle a later one waits for the client's delayed ACK,
+                    // up to 40 ms.
+                    if let Err(err) = stream.set_nodelay(true) {
+                        tracing::debug!(scheme, error = %err, "cannot set TCP_NODELAY");
+                    }
                     // The watcher is taken before the task starts, so a
                     // connection still in its handshake also delays drain.
                     connections.spawn(serve(stream, peer, graceful.watcher()));
