@@ -22,6 +22,10 @@ use crate::pages::ProxyBody;
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Largest read buffer of one upstream connection. hyper's default (~400 KiB)
+/// lets every pooled connection grow a buffer the size of a large response;
+/// bodies stream anyway, so a small buffer only costs a few more reads.
+const UPSTREAM_MAX_BUF: usize = 32 * 1024;
 
 /// The one pooled HTTP/1.1 client all forwarded requests share.
 pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
@@ -52,6 +56,7 @@ pub(crate) fn upstream_client(limits: &Limits) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .http1_max_buf_size(UPSTREAM_MAX_BUF)
         .build(connector)
 }
 
