@@ -1,5 +1,5 @@
-//! The `previewd` command line: `run` the daemon, `ls` its previews, and the `hook` the git
-//! mirror calls. Shared by the installed binary and the test build of it.
+//! The `previewd` command line: `run` the daemon, `ls` its previews, the standalone `proxy`,
+//! and the `hook` the git mirror calls. Shared by the installed binary and the test build of it.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RunArgs};
 use crate::reconcile::plan::PreviewStatus;
-use crate::{control, daemon, hook};
+use crate::{control, daemon, hook, standalone};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +46,9 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = ".previewd")]
         state_dir: PathBuf,
     },
+    /// Run only the TLS reverse proxy, routes from flags and an admin socket (no git, no
+    /// Docker); `previewd proxy route` changes the routes of a running one
+    Proxy(Box<standalone::ProxyCommand>),
     /// Check settings without running anything
     Config {
         #[command(subcommand)]
@@ -79,7 +82,11 @@ enum HookCommand {
 const USAGE: u8 = 2;
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = match Cli::parse().command {
+        // It sizes its own runtime.
+        Command::Proxy(command) => return standalone::main(*command),
+        command => command,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -87,7 +94,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    match command {
         Command::Run(args) => {
             let config = match Config::load(&args) {
                 Ok(config) => config,
@@ -144,6 +151,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Proxy(_) => unreachable!("handled before the runtime starts"),
         Command::Hook {
             hook: HookCommand::PostReceive { state_dir },
         } => {
@@ -188,7 +196,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -18,9 +18,12 @@ mod hook;
 pub mod merged;
 pub mod mirror;
 pub mod reconcile;
+mod route_admin;
 mod sd_notify;
 pub mod slug;
+mod standalone;
 mod state;
 #[cfg(test)]
 mod test_git;
+mod tls_files;
 mod watch;

@@ -24,6 +24,10 @@ use crate::tunnel::{PendingSwitch, WEBSOCKET};
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Largest read buffer of one upstream connection. hyper's default (~400 KiB)
+/// lets every pooled connection grow a buffer the size of a large response;
+/// bodies stream anyway, so a small buffer only costs a few more reads.
+const UPSTREAM_MAX_BUF: usize = 32 * 1024;
 
 /// The one pooled HTTP/1.1 client all forwarded requests share.
 pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
@@ -54,6 +58,7 @@ pub(crate) fn upstream_client(limits: &Limits) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .http1_max_buf_size(UPSTREAM_MAX_BUF)
         .build(connector)
 }
 
@@ -154,20 +159,25 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn set_forwarding_headers(headers: &mut HeaderMap, client_ip: IpAddr, host: &RequestHost) {
     // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
     let client_ip = client_ip.to_canonical();
-    let values = [
-        (HOST, host.raw.clone()),
+    // `insert` replaces every value the client sent. `host.raw` passed host
+    // validation, so these values are valid; skipping is only a defence. The
+    // host value is made once and shared (a reference count, no copy).
+    if let Ok(host_value) = HeaderValue::from_str(&host.raw) {
+        headers.insert(HOST, host_value.clone());
+        headers.insert(X_FORWARDED_HOST, host_value);
+    } else {
+        headers.remove(HOST);
+        headers.remove(X_FORWARDED_HOST);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    for (name, value) in [
         (X_FORWARDED_FOR, client_ip.to_string()),
-        (X_FORWARDED_PROTO, "https".to_owned()),
-        (X_FORWARDED_HOST, host.raw.clone()),
         (header::FORWARDED, forwarded_value(client_ip, &host.raw)),
-    ];
-    for (name, value) in values {
-        headers.remove(&name);
-        // `host.raw` passed host validation, so every value here is a valid
-        // header value; skipping is only a defence.
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(name, value);
-        }
+    ] {
+        match HeaderValue::try_from(value) {
+            Ok(value) => headers.insert(name, value),
+            Err(_) => headers.remove(name),
+        };
     }
 }
 

@@ -35,6 +35,7 @@ pub use atomic_file::WriteError;
 pub use ca::{CaError, CertificateAuthority};
 pub use cert_files::CertFilesError;
 pub use cert_source::{build_resolver, CertSource, CertStatus, Serving, TlsError, TlsMode};
+pub use host::normalize_host;
 pub use limits::Limits;
 pub use pem_pair::PemPairError;
 pub use routes::{Route, RouteTable, SharedRoutes};

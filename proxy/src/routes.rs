@@ -75,6 +75,19 @@ impl RouteTable {
         self.routes.get(&normalize_host(host)?)
     }
 
+    /// Removes the route for `host` (normalized like [`RouteTable::insert`]),
+    /// returning it if there was one.
+    pub fn remove(&mut self, host: &str) -> Option<Route> {
+        self.routes.remove(&normalize_host(host)?)
+    }
+
+    /// Every host and its route, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Route)> {
+        self.routes
+            .iter()
+            .map(|(host, route)| (host.as_str(), route))
+    }
+
     /// Number of hosts in the table.
     pub fn len(&self) -> usize {
         self.routes.len()
@@ -110,6 +123,16 @@ mod tests {
         let mut table = RouteTable::new();
         table.insert("not a host", Route::Gone);
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn remove_normalizes_and_returns_the_route() {
+        let mut table = RouteTable::new();
+        table.insert("a.test", Route::Gone);
+        assert_eq!(table.remove("A.Test."), Some(Route::Gone));
+        assert_eq!(table.remove("a.test"), None);
+        assert_eq!(table.remove("not a host"), None);
+        assert!(table.iter().next().is_none());
     }
 
     #[test]

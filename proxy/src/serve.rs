@@ -273,6 +273,12 @@ where
                         drop(stream);
                         continue;
                     };
+                    // A response leaves as several writes (TLS records, header then
+                    // body); with Nagle a later one waits for the client's delayed ACK,
+                    // up to 40 ms.
+                    if let Err(err) = stream.set_nodelay(true) {
+                        tracing::debug!(scheme, error = %err, "cannot set TCP_NODELAY");
+                    }
                     let stream = DeadlineIo::new(stream, limits.idle_timeout, limits.write_timeout);
                     let conn = serve(stream, peer, drain_rx.clone());
                     connections.spawn(async move {
