@@ -77,28 +77,45 @@ pub struct Channels {
 
 /// Serves the control API until `shutdown`.
 pub async fn serve(listener: UnixListener, channels: Channels, shutdown: CancellationToken) {
+    serve_unix(listener, shutdown, "control", move |req| {
+        handle(req, channels.clone())
+    })
+    .await;
+}
+
+/// HTTP/1.1 on a unix socket until `shutdown`: one task per connection, every request
+/// answered by `handler`. `what` names the socket in logs.
+pub async fn serve_unix<H, Fut>(
+    listener: UnixListener,
+    shutdown: CancellationToken,
+    what: &'static str,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
-                    tracing::warn!(%error, "control socket accept failed");
+                    tracing::warn!(socket = what, %error, "socket accept failed");
                     continue;
                 }
             },
         };
-        let channels = channels.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let channels = channels.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, channels).await) }
+                let answer = handler(req);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
-                tracing::debug!(%error, "control connection ended with an error");
+                tracing::debug!(socket = what, %error, "connection ended with an error");
             }
         });
     }

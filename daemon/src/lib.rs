@@ -25,5 +25,4 @@ mod standalone;
 mod state;
 #[cfg(test)]
 mod test_git;
-mod tls_files;
 mod watch;

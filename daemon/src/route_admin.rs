@@ -3,7 +3,6 @@
 //! `DELETE /v1/routes/<host>`), and the client the `previewd proxy route` verbs use. Every
 //! change publishes one whole new route table; it never touches TLS or the listeners.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +14,8 @@ use hyper_util::rt::TokioIo;
 use previewd_proxy::{normalize_host, Route, RouteTable, SharedRoutes};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::control;
 
 const ROUTES: &str = "/v1/routes";
 /// An upstream address is a few dozen bytes; refuse to buffer more.
@@ -39,31 +40,11 @@ pub enum AdminError {
 
 /// Serves the admin API on `listener` until `shutdown`.
 pub async fn serve(listener: UnixListener, routes: SharedRoutes, shutdown: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "admin socket accept failed");
-                    continue;
-                }
-            },
-        };
+    control::serve_unix(listener, shutdown, "admin", move |req| {
         let routes = routes.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let routes = routes.clone();
-                async move { Ok::<_, Infallible>(handle(req, &routes).await) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "admin connection ended with an error");
-            }
-        });
-    }
+        async move { handle(req, &routes).await }
+    })
+    .await;
 }
 
 async fn handle(req: Request<Incoming>, routes: &SharedRoutes) -> Response<Full<Bytes>> {

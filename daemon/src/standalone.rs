@@ -11,14 +11,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use clap::{Args, Subcommand};
 use previewd_proxy::{
-    normalize_host, serve_https, server_config, CertificateAuthority, Limits, Route, RouteTable,
-    SharedRoutes,
+    build_resolver, normalize_host, serve_https, server_config, CertFilesError, Limits, Route,
+    RouteTable, SharedRoutes, TlsError, TlsMode,
 };
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::tls_files::{load_pem_files, TlsFilesError};
 use crate::{control, route_admin};
 
 /// Exit status for bad flags, as clap uses for usage errors.
@@ -114,8 +113,8 @@ pub enum ProxyArgsError {
     Domain(String),
     #[error("--worker-threads must be at least 1")]
     WorkerThreads,
-    #[error(transparent)]
-    TlsFiles(#[from] TlsFilesError),
+    #[error("--cert/--key: {0}")]
+    TlsFiles(#[source] CertFilesError),
 }
 
 /// Why a running standalone proxy stopped with an error.
@@ -129,8 +128,8 @@ pub enum ProxyRunError {
     },
     #[error("admin socket: {0}")]
     Admin(#[from] control::ControlError),
-    #[error("certificate authority: {0}")]
-    Ca(#[from] previewd_proxy::CaError),
+    #[error("TLS certificates: {0}")]
+    Tls(#[source] TlsError),
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] std::io::Error),
     #[error("cannot start the async runtime: {0}")]
@@ -234,32 +233,52 @@ fn run_proxy(args: &ProxyArgs) -> ExitCode {
         Ok(config) => config,
         Err(error) => return usage(error),
     };
-    // Unreadable files are a usage error, found before anything starts.
-    let tls = match &config.tls {
-        TlsSource::Files { cert, key } => match load_pem_files(cert, key) {
-            Ok(tls) => Some(tls),
-            Err(error) => return usage(error.into()),
-        },
-        TlsSource::Ca { .. } => None,
-    };
     crate::cli::init_logging();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
         builder.worker_threads(threads);
     }
-    let result = builder
-        .enable_all()
-        .build()
-        .map_err(ProxyRunError::Runtime)
-        .and_then(|runtime| runtime.block_on(serve(config, tls)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "previewd proxy cannot run");
-            eprintln!("previewd: {error}");
-            ExitCode::FAILURE
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return failure(ProxyRunError::Runtime(error)),
+    };
+    let shutdown = CancellationToken::new();
+    let (mode, state_dir, domain) = match &config.tls {
+        TlsSource::Files { cert, key } => (
+            TlsMode::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            Path::new("."),
+            "",
+        ),
+        TlsSource::Ca { state_dir, domain } => {
+            (TlsMode::SelfSigned, state_dir.as_path(), domain.as_str())
         }
+    };
+    // The proxy's `files` mode: checked now, then re-read when the files are replaced.
+    let certs = runtime.block_on(build_resolver(
+        &mode,
+        state_dir,
+        domain,
+        shutdown.clone().cancelled_owned(),
+    ));
+    let tls = match certs {
+        Ok(certs) => server_config(certs.resolver),
+        // Unreadable or mismatched files are a usage error, found before anything serves.
+        Err(TlsError::Files(error)) => return usage(ProxyArgsError::TlsFiles(error)),
+        Err(error) => return failure(ProxyRunError::Tls(error)),
+    };
+    match runtime.block_on(serve(config, tls, shutdown)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => failure(error),
     }
+}
+
+fn failure(error: ProxyRunError) -> ExitCode {
+    tracing::error!(%error, "previewd proxy cannot run");
+    eprintln!("previewd: {error}");
+    ExitCode::FAILURE
 }
 
 fn usage(error: ProxyArgsError) -> ExitCode {
@@ -270,16 +289,9 @@ fn usage(error: ProxyArgsError) -> ExitCode {
 /// Serves until SIGTERM or SIGINT, then drains for up to the drain timeout.
 async fn serve(
     config: ProxyConfig,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
 ) -> Result<(), ProxyRunError> {
-    let tls = match (tls, &config.tls) {
-        (Some(tls), _) => tls,
-        (None, TlsSource::Ca { state_dir, domain }) => {
-            let ca = CertificateAuthority::load_or_create(&state_dir.join("tls"))?;
-            server_config(previewd_proxy::self_signed(Arc::new(ca), domain))
-        }
-        (None, TlsSource::Files { .. }) => unreachable!("files are loaded before the runtime"),
-    };
     let mut table = RouteTable::new();
     for (host, upstream) in &config.routes {
         table.insert(
@@ -305,7 +317,6 @@ async fn serve(
             source,
         })?;
     // Installed before anyone can know we are up, so an early SIGTERM drains too.
-    let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).map_err(ProxyRunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ProxyRunError::Signals)?;
     let on_signal = shutdown.clone();

@@ -322,7 +322,7 @@ async fn bad_flags_exit_2_with_one_line() {
         ),
         (
             vec!["proxy", "--cert", s(&key), "--key", s(&key)],
-            "holds no certificate",
+            "holds no PEM certificate",
         ),
         (
             vec![
