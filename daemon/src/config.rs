@@ -115,6 +115,7 @@ struct FileProxy {
     max_connections: Option<usize>,
     h2_max_concurrent_streams: Option<u32>,
     drain_timeout_s: Option<u64>,
+    threads: Option<usize>,
 }
 
 /// The `[tls]` table: where the served certificate comes from.
@@ -344,6 +345,7 @@ fn proxy_limits(file: FileProxy) -> Result<Limits, ConfigError> {
             .h2_max_concurrent_streams
             .unwrap_or(d.h2_max_concurrent_streams),
         drain_timeout: secs(file.drain_timeout_s, d.drain_timeout),
+        threads: file.threads.unwrap_or(d.threads),
     };
     let timeouts = [
         limits.handshake_timeout,
@@ -367,9 +369,9 @@ fn proxy_limits(file: FileProxy) -> Result<Limits, ConfigError> {
             "max_uri_bytes: at least 256 and at most max_header_bytes",
         ));
     }
-    if limits.max_connections == 0 || limits.h2_max_concurrent_streams == 0 {
+    if limits.max_connections == 0 || limits.h2_max_concurrent_streams == 0 || limits.threads == 0 {
         return Err(ConfigError::Proxy(
-            "max_connections and h2_max_concurrent_streams must be above 0",
+            "max_connections, h2_max_concurrent_streams and threads must be above 0",
         ));
     }
     Ok(limits)
@@ -601,6 +603,7 @@ mod tests {
             max_connections = 500
             h2_max_concurrent_streams = 64
             drain_timeout_s = 0
+            threads = 3
             "#,
         )
         .unwrap();
@@ -610,6 +613,7 @@ mod tests {
         assert_eq!(c.proxy.max_connections, 500);
         assert_eq!(c.proxy.h2_max_concurrent_streams, 64);
         assert_eq!(c.proxy.drain_timeout, Duration::ZERO);
+        assert_eq!(c.proxy.threads, 3);
         assert_eq!(c.proxy.idle_timeout, Limits::default().idle_timeout);
     }
 
@@ -816,6 +820,10 @@ mod tests {
             (
                 "[proxy]\nmax_connections = 0",
                 "invalid [proxy] max_connections",
+            ),
+            (
+                "[proxy]\nthreads = 0",
+                "invalid [proxy] max_connections, h2_max_concurrent_streams and threads",
             ),
             ("[proxy]\nmax_body = 1", "config file"),
             (

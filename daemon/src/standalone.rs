@@ -93,7 +93,7 @@ pub struct ProxyArgs {
     /// Without --cert/--key: where previewd's CA lives (`<DIR>/tls`)
     #[arg(long, value_name = "DIR", default_value = ".previewd")]
     state_dir: PathBuf,
-    /// Runtime worker threads [default: one per CPU]
+    /// Threads serving HTTPS, each with its own event loop [default: one per CPU]
     #[arg(long, value_name = "N")]
     worker_threads: Option<usize>,
 }
@@ -234,11 +234,12 @@ fn run_proxy(args: &ProxyArgs) -> ExitCode {
         Err(error) => return usage(error),
     };
     crate::cli::init_logging();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = config.worker_threads {
-        builder.worker_threads(threads);
-    }
-    let runtime = match builder.enable_all().build() {
+    // Connections run on the proxy's own threads (`Limits::threads`); this
+    // runtime only has signals, the admin socket and certificate reloads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => return failure(ProxyRunError::Runtime(error)),
     };
@@ -343,9 +344,11 @@ async fn serve(
     tracing::info!(listen = %local, routes = config.routes.len(), "previewd proxy serving");
     // The one line on stdout: scripts and tests wait for it, and learn the port of :0.
     println!("previewd proxy: listening on https://{local}");
+    let defaults = Limits::default();
     let limits = Limits {
         drain_timeout: config.drain_timeout,
-        ..Limits::default()
+        threads: config.worker_threads.unwrap_or(defaults.threads),
+        ..defaults
     };
     let stop = shutdown.clone();
     let served = serve_https(listener, routes, tls, limits, async move {

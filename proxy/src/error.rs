@@ -72,18 +72,18 @@ pub(crate) enum ProxyError {
     UpstreamConnect {
         /// The route's upstream.
         upstream: SocketAddr,
-        /// The client's error.
+        /// The pooled client's or the own connection's error.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Connected, but the exchange failed (connection reset, bad response).
     #[error("request to upstream {upstream} failed")]
     UpstreamRequest {
         /// The route's upstream.
         upstream: SocketAddr,
-        /// The client's error.
+        /// The pooled client's or the own connection's error.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The upstream switched protocols although no tunnel was asked for.
     #[error("upstream {upstream} answered 101 to a request that was not an upgrade")]

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::error::ProxyError;
 use crate::host::RequestHost;
 use crate::limits::Limits;
+use crate::own_upstream::OwnUpstream;
 use crate::pages::{self, ProxyBody};
 use crate::tunnel::{PendingSwitch, WEBSOCKET};
 
@@ -27,7 +28,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Largest read buffer of one upstream connection. hyper's default (~400 KiB)
 /// lets every pooled connection grow a buffer the size of a large response;
 /// bodies stream anyway, so a small buffer only costs a few more reads.
-const UPSTREAM_MAX_BUF: usize = 32 * 1024;
+pub(crate) const UPSTREAM_MAX_BUF: usize = 32 * 1024;
 
 /// The one pooled HTTP/1.1 client all forwarded requests share.
 pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
@@ -70,7 +71,7 @@ pub(crate) fn upstream_client(limits: &Limits) -> UpstreamClient {
 /// upstream answers 101 is the switch handed to the connection as a tunnel.
 /// Any other answer is relayed as is, and no tunnel exists.
 pub(crate) async fn forward(
-    client: &UpstreamClient,
+    via: Via<'_>,
     mut req: Request<Incoming>,
     upstream: SocketAddr,
     client_ip: IpAddr,
@@ -79,8 +80,6 @@ pub(crate) async fn forward(
     switch: Option<PendingSwitch>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let websocket = switch.as_ref().is_some_and(|switch| switch.websocket);
-    *req.uri_mut() = upstream_uri(req.uri(), upstream)
-        .map_err(|source| ProxyError::UpstreamUri { upstream, source })?;
     // The upstream speaks HTTP/1.1 whatever the client spoke; the pooled
     // client refuses an HTTP/2 request on an HTTP/1 connection.
     *req.version_mut() = Version::HTTP_11;
@@ -91,18 +90,15 @@ pub(crate) async fn forward(
     }
     set_forwarding_headers(headers, client_ip, host);
 
-    let mut response = match tokio::time::timeout(response_timeout, client.request(req)).await {
+    let sent = via.send(req, upstream, switch.is_some());
+    let mut response = match tokio::time::timeout(response_timeout, sent).await {
         Err(_elapsed) => {
             return Err(ProxyError::UpstreamTimeout {
                 upstream,
                 timeout: response_timeout,
             })
         }
-        Ok(Err(source)) if source.is_connect() => {
-            return Err(ProxyError::UpstreamConnect { upstream, source })
-        }
-        Ok(Err(source)) => return Err(ProxyError::UpstreamRequest { upstream, source }),
-        Ok(Ok(response)) => response,
+        Ok(result) => result?,
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upgrade = hyper::upgrade::on(&mut response);
@@ -121,23 +117,99 @@ pub(crate) async fn forward(
     Ok(Response::from_parts(parts, body.boxed()))
 }
 
+/// The connections a request can go over: the shared pool, and the client
+/// connection's own upstream connection when it has one (HTTP/1.1).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Via<'a> {
+    pub(crate) pool: &'a UpstreamClient,
+    pub(crate) own: Option<&'a OwnUpstream>,
+}
+
+impl Via<'_> {
+    /// Sends `req` over the own upstream connection when there is one for
+    /// this request, else (and when the own connection closed before the
+    /// request was written) over the pool. An upgrade always takes the pool,
+    /// whose connections hyper can hand over as a tunnel.
+    async fn send(
+        self,
+        mut req: Request<Incoming>,
+        upstream: SocketAddr,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        if let Some(own) = self.own.filter(|_| !upgrade) {
+            let sender =
+                own.checkout(upstream)
+                    .await
+                    .map_err(|source| ProxyError::UpstreamConnect {
+                        upstream,
+                        source: source.into(),
+                    })?;
+            if let Some(mut sender) = sender {
+                // A connection of our own takes the origin form, as on the wire.
+                *req.uri_mut() = origin_form(req.uri());
+                let sent = sender.try_send_request(req);
+                own.check_in(upstream, sender);
+                match sent.await {
+                    Ok(response) => return Ok(response),
+                    Err(mut err) => match err.take_message() {
+                        // Never written (the upstream closed the idle
+                        // connection): safe to send again, whatever the method.
+                        Some(unsent) => req = unsent,
+                        None => {
+                            return Err(ProxyError::UpstreamRequest {
+                                upstream,
+                                source: err.into_error().into(),
+                            })
+                        }
+                    },
+                }
+            }
+        }
+        *req.uri_mut() = upstream_uri(req.uri(), upstream)
+            .map_err(|source| ProxyError::UpstreamUri { upstream, source })?;
+        self.pool.request(req).await.map_err(|source| {
+            if source.is_connect() {
+                ProxyError::UpstreamConnect {
+                    upstream,
+                    source: source.into(),
+                }
+            } else {
+                ProxyError::UpstreamRequest {
+                    upstream,
+                    source: source.into(),
+                }
+            }
+        })
+    }
+}
+
 /// The two headers of a WebSocket switch, on either side of the proxy.
 fn set_upgrade_headers(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static(WEBSOCKET));
 }
 
-/// `http://<upstream><path-and-query>`.
+/// The request target as an HTTP/1.1 server expects it: `<path-and-query>`.
+fn origin_form(original: &Uri) -> Uri {
+    Uri::from(path_and_query(original))
+}
+
+/// `http://<upstream><path-and-query>`, the form the pooled client takes.
 fn upstream_uri(original: &Uri, upstream: SocketAddr) -> Result<Uri, http::Error> {
-    let path_and_query = original
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(upstream.to_string())
-        .path_and_query(path_and_query)
+        .path_and_query(path_and_query(original))
         .build()
+}
+
+/// `/` for a request without one (an HTTP/2 `:path` is never empty, but the
+/// type allows it).
+fn path_and_query(original: &Uri) -> PathAndQuery {
+    original
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.

@@ -13,10 +13,11 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version}
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
-use crate::forward::{forward, UpstreamClient};
+use crate::forward::{forward, UpstreamClient, Via};
 use crate::framing::FramingVerdicts;
 use crate::host::{request_host, RequestHost};
 use crate::limits::Limits;
+use crate::own_upstream::OwnUpstream;
 use crate::pages::{self, ProxyBody};
 use crate::routes::{Route, SharedRoutes};
 use crate::tunnel::{PendingSwitch, TunnelSender};
@@ -45,6 +46,8 @@ pub(crate) struct Peer {
     pub(crate) tunnels: Option<TunnelSender>,
     /// The framing scanner's findings; only HTTP/1.1 connections have one.
     pub(crate) framing: Option<Arc<FramingVerdicts>>,
+    /// The connection's own upstream connection; only HTTP/1.1 has one.
+    pub(crate) own_upstream: Option<Arc<OwnUpstream>>,
 }
 
 /// Answers one request. Never fails: every failure becomes a page.
@@ -122,8 +125,12 @@ async fn route(
     match route {
         None => Err(ProxyError::UnknownHost),
         Some(Route::Live { upstream }) => {
+            let via = Via {
+                pool: &proxy.client,
+                own: peer.own_upstream.as_deref(),
+            };
             forward(
-                &proxy.client,
+                via,
                 req,
                 upstream,
                 peer.addr.ip(),

@@ -44,6 +44,9 @@ pub struct Limits {
     /// How long open connections get to finish after shutdown is asked for;
     /// then they are aborted [10 s].
     pub drain_timeout: Duration,
+    /// Threads serving HTTPS connections, each with its own event loop; a
+    /// connection stays on the thread that accepted it [one per CPU].
+    pub threads: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +63,7 @@ impl Default for Limits {
             max_connections: 10_000,
             h2_max_concurrent_streams: 128,
             drain_timeout: Duration::from_secs(10),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

@@ -22,11 +22,13 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::deadline_io::DeadlineIo;
-use crate::forward::upstream_client;
+use crate::forward::{upstream_client, UPSTREAM_MAX_BUF};
 use crate::framing::FramingWatch;
 use crate::handle::{handle, Peer, Proxy};
 use crate::host::normalize_host;
 use crate::limits::Limits;
+use crate::own_upstream::{Alongside, OwnUpstream};
+use crate::per_thread::serve_per_thread;
 use crate::redirect::redirect;
 use crate::routes::SharedRoutes;
 use crate::tunnel::Switch;
@@ -47,7 +49,10 @@ const H2_MAX_SEND_BUF: usize = 256 * 1024;
 
 /// Serves previews over HTTPS on `listener` until `shutdown` resolves.
 ///
-/// Each connection is its own task, at most `limits.max_connections` at once
+/// Runs on `limits.threads` threads of its own, each with a single-threaded
+/// runtime that keeps the connections it accepted (see `per_thread`), so it
+/// does not use the caller's runtime for connections. Each connection is its
+/// own task, at most `limits.max_connections` at once over all threads
 /// (more are closed as soon as they are accepted): TLS handshake, then
 /// HTTP/2 when ALPN chose `h2` and HTTP/1.1 otherwise, each request routed
 /// through `routes`. Every limit in [`Limits`] applies. A failed handshake or
@@ -61,22 +66,41 @@ pub async fn serve_https(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let https = Arc::new(Https {
-        acceptor: TlsAcceptor::from(tls),
-        h1: h1_builder(&limits),
-        h2: h2_builder(&limits),
-        proxy: Arc::new(Proxy {
-            routes,
-            client: upstream_client(&limits),
-            limits: limits.clone(),
-        }),
-    });
-    accept_loop(
+    // One connection cap for all threads, as the limit is documented.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let threads = limits.threads;
+    serve_per_thread(
         listener,
+        threads,
+        "previewd-https",
         shutdown,
-        "https",
-        &limits,
-        move |stream, peer, drain| serve_tls(https.clone(), stream, peer, drain),
+        move |listener, stop| {
+            // Per thread: the pooled client's connection tasks then live on the
+            // thread whose requests use them.
+            let https = Arc::new(Https {
+                acceptor: TlsAcceptor::from(tls.clone()),
+                h1: h1_builder(&limits),
+                h2: h2_builder(&limits),
+                proxy: Arc::new(Proxy {
+                    routes: routes.clone(),
+                    client: upstream_client(&limits),
+                    limits: limits.clone(),
+                }),
+            });
+            let slots = slots.clone();
+            async move {
+                let limits = https.proxy.limits.clone();
+                accept_loop(
+                    listener,
+                    stop,
+                    "https",
+                    &limits,
+                    slots,
+                    move |stream, peer, drain| serve_tls(https.clone(), stream, peer, drain),
+                )
+                .await
+            }
+        },
     )
     .await
 }
@@ -124,6 +148,7 @@ async fn serve_tls(
         sni,
         tunnels: None,
         framing: None,
+        own_upstream: None,
     };
     let service = |client: Peer| {
         let proxy = https.proxy.clone();
@@ -140,13 +165,21 @@ async fn serve_tls(
         until_drained(pin!(conn), drain.clone(), |conn| conn.graceful_shutdown()).await
     } else {
         let (stream, verdicts) = FramingWatch::new(stream);
+        let (own_upstream, upstreams) =
+            OwnUpstream::new(limits.upstream_connect_timeout, UPSTREAM_MAX_BUF);
         client.tunnels = Some(tunnel_tx);
         client.framing = Some(verdicts);
+        client.own_upstream = Some(own_upstream);
         let conn = https
             .h1
             .serve_connection(TokioIo::new(stream), service(client))
             .with_upgrades();
-        until_drained(pin!(conn), drain.clone(), |conn| conn.graceful_shutdown()).await
+        let conn = pin!(conn);
+        let both = Alongside::new(conn, upstreams);
+        until_drained(pin!(both), drain.clone(), |both| {
+            both.get_mut().conn.as_mut().graceful_shutdown();
+        })
+        .await
     };
     if let Err(err) = ended {
         tracing::debug!(peer = %peer, error = %err, "HTTPS connection ended with an error");
@@ -182,7 +215,8 @@ pub async fn serve_redirect(
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(header_list_size(&limits));
     let builder = Arc::new(builder);
-    accept_loop(listener, shutdown, "http", &limits, move |stream, peer, drain| {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    accept_loop(listener, shutdown, "http", &limits, slots, move |stream, peer, drain| {
         let domain = domain.clone();
         let builder = builder.clone();
         async move {
@@ -244,7 +278,7 @@ async fn until_drained<C: Future>(
 }
 
 /// Accepts connections until `shutdown`, running `serve` for each in its own
-/// task under the connection cap and the deadline I/O, then drains: open
+/// task under the connection cap (`slots`) and the deadline I/O, then drains: open
 /// connections are told to finish and get `drain_timeout`; whatever is left
 /// after that is aborted.
 async fn accept_loop<F, Fut>(
@@ -252,6 +286,7 @@ async fn accept_loop<F, Fut>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     scheme: &'static str,
     limits: &Limits,
+    slots: Arc<Semaphore>,
     mut serve: F,
 ) -> io::Result<()>
 where
@@ -259,7 +294,6 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (drain_tx, drain_rx) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut refused = RefusedLog::default();
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
