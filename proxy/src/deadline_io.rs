@@ -23,8 +23,8 @@ pub(crate) struct DeadlineIo<T> {
     write_timeout: Duration,
     /// When a byte last moved either way.
     last_progress: Instant,
-    /// Fires at `last_progress + idle_timeout`; moved lazily, only when a
-    /// read is about to wait, so busy streams do not touch the timer wheel.
+    /// Fires at or before `last_progress + idle_timeout`; moved on to the
+    /// real deadline only when it fires.
     idle: Pin<Box<Sleep>>,
     /// Since when writes have been waiting for the peer, if they are.
     write_stalled_since: Option<Instant>,
@@ -55,16 +55,22 @@ impl<T> DeadlineIo<T> {
     /// Ready with an error once the connection has been idle too long;
     /// otherwise registers the waker for the deadline.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let deadline = self.last_progress + self.idle_timeout;
-        if self.idle.deadline() != deadline {
+        // The timer is moved only when it fires: it is never later than the
+        // real deadline (progress only pushes that back), so firing early
+        // just re-arms it. A busy connection thus touches the timer wheel
+        // once per idle timeout instead of once per request.
+        loop {
+            if self.idle.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = self.last_progress + self.idle_timeout;
+            if Instant::now() >= deadline {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no bytes moved within the idle timeout",
+                ));
+            }
             self.idle.as_mut().reset(deadline);
-        }
-        match self.idle.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no bytes moved within the idle timeout",
-            )),
-            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -19,6 +19,7 @@ mod framing;
 pub mod fuzzing;
 mod handle;
 mod host;
+mod incoming;
 mod limits;
 mod own_upstream;
 mod pages;

@@ -26,6 +26,7 @@ use crate::forward::{upstream_client, UPSTREAM_MAX_BUF};
 use crate::framing::FramingWatch;
 use crate::handle::{handle, Peer, Proxy};
 use crate::host::normalize_host;
+use crate::incoming::Incoming;
 use crate::limits::Limits;
 use crate::own_upstream::{Alongside, OwnUpstream};
 use crate::per_thread::serve_per_thread;
@@ -33,8 +34,6 @@ use crate::redirect::redirect;
 use crate::routes::SharedRoutes;
 use crate::tunnel::Switch;
 
-/// Pause after an accept error such as EMFILE, so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one warning per this long about connections refused for the cap.
 const REFUSED_WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// HTTP/2 streams a client may open and reset before we accept them (the
@@ -69,39 +68,35 @@ pub async fn serve_https(
     // One connection cap for all threads, as the limit is documented.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let threads = limits.threads;
-    serve_per_thread(
-        listener,
-        threads,
-        "previewd-https",
-        shutdown,
-        move |listener, stop| {
-            // Per thread: the pooled client's connection tasks then live on the
-            // thread whose requests use them.
-            let https = Arc::new(Https {
-                acceptor: TlsAcceptor::from(tls.clone()),
-                h1: h1_builder(&limits),
-                h2: h2_builder(&limits),
-                proxy: Arc::new(Proxy {
-                    routes: routes.clone(),
-                    client: upstream_client(&limits),
-                    limits: limits.clone(),
-                }),
-            });
-            let slots = slots.clone();
-            async move {
-                let limits = https.proxy.limits.clone();
-                accept_loop(
-                    listener,
-                    stop,
-                    "https",
-                    &limits,
-                    slots,
-                    move |stream, peer, drain| serve_tls(https.clone(), stream, peer, drain),
-                )
-                .await
-            }
-        },
-    )
+    serve_per_thread(listener, threads, "https", shutdown, move |incoming| {
+        // Per thread: the pooled client's connection tasks then live on the
+        // thread whose requests use them.
+        let https = Arc::new(Https {
+            acceptor: TlsAcceptor::from(tls.clone()),
+            h1: h1_builder(&limits),
+            h2: h2_builder(&limits),
+            proxy: Arc::new(Proxy {
+                routes: routes.clone(),
+                client: upstream_client(&limits),
+                limits: limits.clone(),
+            }),
+        });
+        let slots = slots.clone();
+        async move {
+            let limits = https.proxy.limits.clone();
+            // Ends when the acceptor stops handing connections over.
+            let no_other_stop = std::future::pending();
+            accept_loop(
+                incoming,
+                no_other_stop,
+                "https",
+                &limits,
+                slots,
+                move |stream, peer, drain| serve_tls(https.clone(), stream, peer, drain),
+            )
+            .await
+        }
+    })
     .await
 }
 
@@ -216,7 +211,8 @@ pub async fn serve_redirect(
         .max_header_list_size(header_list_size(&limits));
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    accept_loop(listener, shutdown, "http", &limits, slots, move |stream, peer, drain| {
+    let incoming = Incoming::Listener(listener);
+    accept_loop(incoming, shutdown, "http", &limits, slots, move |stream, peer, drain| {
         let domain = domain.clone();
         let builder = builder.clone();
         async move {
@@ -277,12 +273,12 @@ async fn until_drained<C: Future>(
     conn.await
 }
 
-/// Accepts connections until `shutdown`, running `serve` for each in its own
-/// task under the connection cap (`slots`) and the deadline I/O, then drains: open
-/// connections are told to finish and get `drain_timeout`; whatever is left
-/// after that is aborted.
+/// Takes connections from `incoming` until `shutdown` (or until `incoming`
+/// ends), running `serve` for each in its own task under the connection cap
+/// (`slots`) and the deadline I/O, then drains: open connections are told to
+/// finish and get `drain_timeout`; whatever is left after that is aborted.
 async fn accept_loop<F, Fut>(
-    listener: TcpListener,
+    mut incoming: Incoming,
     shutdown: impl Future<Output = ()> + Send + 'static,
     scheme: &'static str,
     limits: &Limits,
@@ -300,8 +296,8 @@ where
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
+            accepted = incoming.next(scheme) => match accepted {
+                Some((stream, peer)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         refused.refused(scheme, limits.max_connections);
                         drop(stream);
@@ -320,13 +316,7 @@ where
                         drop(slot);
                     });
                 }
-                Err(err) if is_per_connection(&err) => {
-                    tracing::debug!(scheme, error = %err, "accept failed for one connection");
-                }
-                Err(err) => {
-                    tracing::warn!(scheme, error = %err, "accept failed; backing off");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
+                None => break,
             },
             // Reap finished connection tasks so the set does not grow forever.
             Some(joined) = connections.join_next(), if !connections.is_empty() => {
@@ -338,7 +328,7 @@ where
             }
         }
     }
-    drop(listener);
+    drop(incoming);
     tracing::debug!(
         scheme,
         open = connections.len(),
@@ -388,14 +378,4 @@ impl RefusedLog {
             tracing::debug!(scheme, "connection refused: cap reached");
         }
     }
-}
-
-/// Errors that concern only the connection being accepted, not the listener.
-fn is_per_connection(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
 }
