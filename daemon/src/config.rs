@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use previewd_proxy::{AcmeSettings, TlsMode};
+use previewd_proxy::{AcmeChallenge, AcmeSettings, TlsMode};
 use serde::Deserialize;
 
 use previewd_proxy::Limits;
@@ -137,7 +137,8 @@ struct FileAcme {
     ca_file: Option<PathBuf>,
     email: Option<String>,
     dns_hook: Option<PathBuf>,
-    /// Only "dns-01": per-host challenges would put every branch name in CT logs.
+    /// "dns-01" (default): one wildcard. "http-01": a certificate per preview host, which
+    /// puts every branch name in CT logs.
     challenge: Option<String>,
     hook_timeout_s: Option<u64>,
     renew_check_interval_s: Option<u64>,
@@ -207,6 +208,8 @@ pub enum ConfigError {
     MergedRule(String),
     #[error("invalid [tls] mode {0:?}: expected \"self-signed\", \"files\" or \"acme\"")]
     TlsMode(String),
+    #[error("invalid [tls.acme] challenge {0:?}: expected \"dns-01\" or \"http-01\"")]
+    AcmeChallenge(String),
     #[error("invalid {0}")]
     Tls(&'static str),
 }
@@ -412,20 +415,19 @@ fn tls(file: FileTls) -> Result<TlsMode, ConfigError> {
 }
 
 fn acme(file: FileAcme) -> Result<AcmeSettings, ConfigError> {
-    let Some(dns_hook) = file.dns_hook else {
-        return Err(ConfigError::Tls(
-            "[tls.acme] dns_hook: mode = \"acme\" needs the program that sets the DNS-01 TXT records",
-        ));
-    };
-    let mut settings = AcmeSettings::new(dns_hook);
-    match file.challenge.as_deref() {
-        None | Some("dns-01") => {}
-        Some(_) => {
+    let challenge = match file.challenge.as_deref().unwrap_or("dns-01") {
+        "dns-01" => acme_dns01(file.dns_hook, file.hook_timeout_s)?,
+        // The hook keys are refused rather than ignored: a config that names a hook most likely
+        // meant the wildcard, and http-01 publishes every branch name.
+        "http-01" if file.dns_hook.is_some() || file.hook_timeout_s.is_some() => {
             return Err(ConfigError::Tls(
-                "[tls.acme] challenge: only \"dns-01\" is supported (a wildcard keeps branch names out of CT logs)",
+                "[tls.acme] dns_hook and hook_timeout_s: only used with challenge = \"dns-01\"",
             ))
         }
-    }
+        "http-01" => AcmeChallenge::Http01,
+        other => return Err(ConfigError::AcmeChallenge(other.to_owned())),
+    };
+    let mut settings = AcmeSettings::new(challenge);
     if let Some(directory) = file.directory {
         if !directory.starts_with("https://") {
             return Err(ConfigError::Tls(
@@ -446,18 +448,31 @@ fn acme(file: FileAcme) -> Result<AcmeSettings, ConfigError> {
         settings.email = Some(email);
     }
     settings.ca_file = file.ca_file;
-    if let Some(secs) = file.hook_timeout_s {
-        settings.hook_timeout = Duration::from_secs(secs);
-    }
     if let Some(secs) = file.renew_check_interval_s {
         settings.renew_check_interval = Duration::from_secs(secs);
     }
-    if settings.hook_timeout.is_zero() || settings.renew_check_interval.is_zero() {
-        return Err(ConfigError::Tls(
-            "[tls.acme] hook_timeout_s and renew_check_interval_s must be above 0",
-        ));
+    if settings.renew_check_interval.is_zero() {
+        return Err(ConfigError::Tls(ACME_ZERO));
     }
     Ok(settings)
+}
+
+const ACME_ZERO: &str = "[tls.acme] hook_timeout_s and renew_check_interval_s must be above 0";
+
+fn acme_dns01(hook: Option<PathBuf>, timeout_s: Option<u64>) -> Result<AcmeChallenge, ConfigError> {
+    let Some(hook) = hook else {
+        return Err(ConfigError::Tls(
+            "[tls.acme] dns_hook: challenge = \"dns-01\" (the default) needs the program that sets the TXT records",
+        ));
+    };
+    Ok(match timeout_s {
+        None => AcmeChallenge::dns01(hook),
+        Some(0) => return Err(ConfigError::Tls(ACME_ZERO)),
+        Some(secs) => AcmeChallenge::Dns01 {
+            hook,
+            hook_timeout: Duration::from_secs(secs),
+        },
+    })
 }
 
 fn days_to_duration(days: u64) -> Duration {
@@ -673,7 +688,10 @@ mod tests {
         );
 
         let minimal = from_toml("[tls]\nmode = \"acme\"\n[tls.acme]\ndns_hook = \"/h\"").unwrap();
-        assert_eq!(minimal.tls, TlsMode::Acme(AcmeSettings::new("/h".into())));
+        assert_eq!(
+            minimal.tls,
+            TlsMode::Acme(AcmeSettings::new(AcmeChallenge::dns01("/h".into())))
+        );
         let TlsMode::Acme(defaults) = minimal.tls else {
             unreachable!()
         };
@@ -707,11 +725,21 @@ mod tests {
                 directory: "https://127.0.0.1:14000/dir".into(),
                 ca_file: Some("/etc/pebble.pem".into()),
                 email: Some("ops@example.com".into()),
-                dns_hook: "/usr/local/bin/dns-hook".into(),
-                hook_timeout: Duration::from_secs(30),
+                challenge: AcmeChallenge::Dns01 {
+                    hook: "/usr/local/bin/dns-hook".into(),
+                    hook_timeout: Duration::from_secs(30),
+                },
                 renew_check_interval: Duration::from_secs(60),
             })
         );
+
+        let per_host = from_toml(
+            "[tls]\nmode = \"acme\"\n[tls.acme]\nchallenge = \"http-01\"\nemail = \"ops@example.com\"",
+        )
+        .unwrap();
+        let mut expect = AcmeSettings::new(AcmeChallenge::Http01);
+        expect.email = Some("ops@example.com".into());
+        assert_eq!(per_host.tls, TlsMode::Acme(expect));
     }
 
     #[test]
@@ -735,11 +763,23 @@ mod tests {
             ),
             (
                 "[tls]\nmode = \"acme\"",
-                "invalid [tls.acme] dns_hook: mode = \"acme\" needs the program that sets the DNS-01 TXT records",
+                "invalid [tls.acme] dns_hook: challenge = \"dns-01\" (the default) needs the program that sets the TXT records",
             ),
             (
                 "[tls]\nmode = \"acme\"\n[tls.acme]\ndns_hook = \"/h\"\nchallenge = \"http-01\"",
-                "invalid [tls.acme] challenge: only \"dns-01\" is supported (a wildcard keeps branch names out of CT logs)",
+                "invalid [tls.acme] dns_hook and hook_timeout_s: only used with challenge = \"dns-01\"",
+            ),
+            (
+                "[tls]\nmode = \"acme\"\n[tls.acme]\nchallenge = \"http-01\"\nhook_timeout_s = 5",
+                "invalid [tls.acme] dns_hook and hook_timeout_s: only used with challenge = \"dns-01\"",
+            ),
+            (
+                "[tls]\nmode = \"acme\"\n[tls.acme]\nchallenge = \"tls-alpn-01\"",
+                "invalid [tls.acme] challenge \"tls-alpn-01\": expected \"dns-01\" or \"http-01\"",
+            ),
+            (
+                "[tls]\nmode = \"acme\"\n[tls.acme]\ndns_hook = \"/h\"\nhook_timeout_s = 0",
+                "invalid [tls.acme] hook_timeout_s and renew_check_interval_s must be above 0",
             ),
             (
                 "[tls]\nmode = \"acme\"\n[tls.acme]\ndns_hook = \"/h\"\ndirectory = \"http://ca.test/dir\"",
@@ -760,14 +800,17 @@ mod tests {
 
     #[test]
     fn the_example_tls_blocks_parse_in_their_modes() {
-        // The example shows the keys of modes "files" and "acme" indented under a
-        // "# mode = ..." line; each block, uncommented with its mode, must be valid.
+        // The example shows the keys of modes "files" and "acme" (with each challenge) indented
+        // under a "# mode = ...:" line; each block, uncommented with its mode, must be valid.
         let example = include_str!("../../systemd/previewd.toml.example");
-        for mode in ["files", "acme"] {
-            let marker = format!("# mode = \"{mode}\":");
+        for (mode, marker) in [
+            ("files", "# mode = \"files\":"),
+            ("acme", "# mode = \"acme\":"),
+            ("acme", "# mode = \"acme\", challenge = \"http-01\":"),
+        ] {
             let block: String = example
                 .lines()
-                .skip_while(|l| !l.starts_with(&marker))
+                .skip_while(|l| !l.starts_with(marker))
                 .skip(1)
                 .map_while(|l| l.strip_prefix("#   "))
                 .map(|l| format!("{l}\n"))

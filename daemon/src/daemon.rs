@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use previewd_proxy::RouteTable;
+use previewd_proxy::{AcmeChallenge, AcmeSettings, RouteTable, TlsMode};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -48,10 +48,14 @@ pub enum RunError {
 /// Runs the daemon until `shutdown` is cancelled. Running previews are left running.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let config = Arc::new(prepare_paths(config)?);
+    warn_if_per_host_certificates(&config);
+    // Created before the certificates: ACME HTTP-01 issues for the hosts it holds.
+    let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
     let certs = previewd_proxy::build_resolver(
         &config.tls,
         &config.state_dir,
         &config.domain,
+        &routes,
         shutdown.clone().cancelled_owned(),
     )
     .await?;
@@ -69,7 +73,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let socket_path = config.socket_path();
     let control_listener = control::bind(&socket_path).await?;
 
-    let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new()));
     let status = Arc::new(ArcSwap::from_pointee(Vec::new()));
     let (triggers_tx, triggers_rx) = mpsc::channel(64);
     let (gc_tx, gc_rx) = mpsc::channel(4);
@@ -86,6 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         http,
         config.domain.clone(),
         config.https_listen.port(),
+        certs.http01.clone(),
         shutdown.clone().cancelled_owned(),
     ));
     let control_task = tokio::spawn(control::serve(
@@ -133,6 +137,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("previewd stopped; previews keep running");
     Ok(())
+}
+
+/// ACME HTTP-01 is an opt-in with a cost the operator must not miss: said once, at start.
+fn warn_if_per_host_certificates(config: &Config) {
+    if let TlsMode::Acme(AcmeSettings {
+        challenge: AcmeChallenge::Http01,
+        ..
+    }) = &config.tls
+    {
+        tracing::warn!(
+            domain = %config.domain,
+            http_listen = %config.http_listen,
+            "ACME challenge http-01: every preview host name (so every branch name) will be \
+             published in Certificate Transparency logs, and each preview costs one certificate \
+             against the CA's rate limits (Let's Encrypt: 50 certificates per registered domain \
+             per week); port 80 of every preview name must reach http_listen"
+        );
+    }
 }
 
 /// Creates the state dir and makes both paths absolute: the git hook runs elsewhere.

@@ -257,11 +257,13 @@ fn run_proxy(args: &ProxyArgs) -> ExitCode {
             (TlsMode::SelfSigned, state_dir.as_path(), domain.as_str())
         }
     };
+    let routes = route_table(&config);
     // The proxy's `files` mode: checked now, then re-read when the files are replaced.
     let certs = runtime.block_on(build_resolver(
         &mode,
         state_dir,
         domain,
+        &routes,
         shutdown.clone().cancelled_owned(),
     ));
     let tls = match certs {
@@ -270,7 +272,7 @@ fn run_proxy(args: &ProxyArgs) -> ExitCode {
         Err(TlsError::Files(error)) => return usage(ProxyArgsError::TlsFiles(error)),
         Err(error) => return failure(ProxyRunError::Tls(error)),
     };
-    match runtime.block_on(serve(config, tls, shutdown)) {
+    match runtime.block_on(serve(config, routes, tls, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => failure(error),
     }
@@ -287,12 +289,8 @@ fn usage(error: ProxyArgsError) -> ExitCode {
     ExitCode::from(USAGE)
 }
 
-/// Serves until SIGTERM or SIGINT, then drains for up to the drain timeout.
-async fn serve(
-    config: ProxyConfig,
-    tls: Arc<rustls::ServerConfig>,
-    shutdown: CancellationToken,
-) -> Result<(), ProxyRunError> {
+/// The routes given as flags.
+fn route_table(config: &ProxyConfig) -> SharedRoutes {
     let mut table = RouteTable::new();
     for (host, upstream) in &config.routes {
         table.insert(
@@ -302,8 +300,16 @@ async fn serve(
             },
         );
     }
-    let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(table));
+    Arc::new(ArcSwap::from_pointee(table))
+}
 
+/// Serves `routes` until SIGTERM or SIGINT, then drains for up to the drain timeout.
+async fn serve(
+    config: ProxyConfig,
+    routes: SharedRoutes,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), ProxyRunError> {
     let listener =
         TcpListener::bind(config.listen)
             .await

@@ -1,5 +1,6 @@
 //! The one place that turns a certificate mode into the resolver the HTTPS
-//! listener uses, and starts the mode's background work (file polling, ACME
+//! listener uses (and, for ACME HTTP-01, the responder the plain-HTTP
+//! listener uses), and starts the mode's background work (file polling, ACME
 //! renewal) tied to the caller's shutdown. It must not read configuration
 //! files: the daemon hands it a validated [`TlsMode`].
 
@@ -11,9 +12,10 @@ use std::time::SystemTime;
 use rustls::server::ResolvesServerCert;
 use tokio::sync::watch;
 
-use crate::acme::{self, AcmeError, AcmeSettings};
+use crate::acme::{self, AcmeError, AcmeSettings, Http01Responder};
 use crate::ca::{CaError, CertificateAuthority};
 use crate::cert_files::{self, CertFilesError};
+use crate::routes::SharedRoutes;
 use crate::tls::self_signed;
 
 /// Where the served certificate comes from.
@@ -29,7 +31,8 @@ pub enum TlsMode {
         /// PEM private key of the leaf.
         key: PathBuf,
     },
-    /// One wildcard certificate from an ACME server via DNS-01.
+    /// Certificates from an ACME server: one wildcard via DNS-01, or one
+    /// per route-table host via HTTP-01.
     Acme(AcmeSettings),
 }
 
@@ -44,6 +47,9 @@ pub enum Serving {
     Acme,
     /// Mode "acme" before its first certificate: previewd's own CA stands in.
     AcmeFallback,
+    /// Mode "acme" with HTTP-01: each host's own certificate once issued,
+    /// previewd's own CA for hosts without one yet.
+    AcmePerHost,
 }
 
 /// What the certificate source is doing, for logs, status and tests.
@@ -51,7 +57,8 @@ pub enum Serving {
 pub struct CertStatus {
     /// What handshakes get now.
     pub serving: Serving,
-    /// End of validity of the served certificate; `None` for per-host leaves.
+    /// End of validity of the served certificate (with HTTP-01, of the one
+    /// that expires first); `None` for previewd's CA leaves.
     pub not_after: Option<SystemTime>,
     /// The last reload or renewal failure, cleared by the next success.
     pub last_error: Option<String>,
@@ -64,12 +71,16 @@ pub struct CertSource {
     pub resolver: Arc<dyn ResolvesServerCert>,
     /// Updated whenever the served certificate or the last error changes.
     pub status: watch::Receiver<CertStatus>,
+    /// ACME HTTP-01 only: the pending challenges the plain-HTTP listener
+    /// must answer ([`crate::serve_redirect`]).
+    pub http01: Option<Http01Responder>,
 }
 
 impl std::fmt::Debug for CertSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertSource")
             .field("status", &*self.status.borrow())
+            .field("http01", &self.http01)
             .finish_non_exhaustive()
     }
 }
@@ -90,12 +101,15 @@ pub enum TlsError {
 
 /// Builds the resolver for `mode` under base `domain`, keeping state in
 /// `<state_dir>/tls`. Mode "files" loads the pair now and polls it every
-/// second; mode "acme" serves a persisted certificate at once and issues or
-/// renews in the background. Background work stops when `shutdown` resolves.
+/// second; mode "acme" serves persisted certificates at once and issues or
+/// renews in the background, with HTTP-01 for each host of `routes` (the
+/// other modes do not read `routes`). Background work stops when `shutdown`
+/// resolves.
 pub async fn build_resolver(
     mode: &TlsMode,
     state_dir: &Path,
     domain: &str,
+    routes: &SharedRoutes,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<CertSource, TlsError> {
     let tls_dir = state_dir.join("tls");
@@ -110,16 +124,20 @@ pub async fn build_resolver(
             Ok(CertSource {
                 resolver: self_signed(ca, domain),
                 status,
+                http01: None,
             })
         }
         TlsMode::Files { cert, key } => {
             let (resolver, status) = cert_files::start(cert, key, shutdown).await?;
-            Ok(CertSource { resolver, status })
+            Ok(CertSource {
+                resolver,
+                status,
+                http01: None,
+            })
         }
         TlsMode::Acme(settings) => {
             let ca = Arc::new(CertificateAuthority::load_or_create(&tls_dir)?);
-            let (resolver, status) = acme::start(settings, &tls_dir, domain, ca, shutdown).await?;
-            Ok(CertSource { resolver, status })
+            Ok(acme::start(settings, &tls_dir, domain, routes, ca, shutdown).await?)
         }
     }
 }

@@ -32,7 +32,8 @@ mod tls;
 mod tunnel;
 
 pub use acme::{
-    AcmeError, AcmeSettings, HookError, IssueError, StoreError, LETS_ENCRYPT_DIRECTORY,
+    AcmeChallenge, AcmeError, AcmeSettings, HookError, Http01Responder, IssueError, StoreError,
+    LETS_ENCRYPT_DIRECTORY,
 };
 pub use atomic_file::WriteError;
 pub use ca::{CaError, CertificateAuthority};

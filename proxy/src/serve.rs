@@ -1,5 +1,6 @@
 //! The listeners: accept loops for HTTPS (TLS handshake, then HTTP/1.1 or
-//! HTTP/2 by ALPN) and plain-HTTP redirects, one task per connection under
+//! HTTP/2 by ALPN) and plain HTTP (ACME HTTP-01 answers, otherwise
+//! redirects), one task per connection under
 //! the connection cap and deadline I/O, hyper's protocol limits, and
 //! graceful shutdown with a deadline. The caller binds the listener and owns
 //! shutdown.
@@ -21,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::acme::Http01Responder;
 use crate::deadline_io::DeadlineIo;
 use crate::forward::{upstream_client, UPSTREAM_MAX_BUF};
 use crate::framing::FramingWatch;
@@ -187,12 +189,16 @@ async fn serve_tls(
 /// Plain-HTTP listener: answers every request with 308 to
 /// `https://<host>:<https_port><path-and-query>` (no `:443` for port 443),
 /// but only when the request's host is `domain` or ends with `.<domain>`;
-/// any other or missing host gets 400. Same shutdown contract and default
-/// limits as [`serve_https`].
+/// any other or missing host gets 400. With an `http01` responder (mode
+/// "acme" with HTTP-01, from [`crate::CertSource`]), `GET
+/// /.well-known/acme-challenge/<token>` is answered instead: the key
+/// authorization of a challenge pending for that host, or 404. Same shutdown
+/// contract and default limits as [`serve_https`].
 pub async fn serve_redirect(
     listener: TcpListener,
     domain: String,
     https_port: u16,
+    http01: Option<Http01Responder>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let domain: Arc<str> = normalize_host(&domain)
@@ -215,9 +221,13 @@ pub async fn serve_redirect(
     accept_loop(incoming, shutdown, "http", &limits, slots, move |stream, peer, drain| {
         let domain = domain.clone();
         let builder = builder.clone();
+        let http01 = http01.clone();
         async move {
             let service = service_fn(move |req| {
-                let answer = redirect(&req, &domain, https_port);
+                let answer = match http01.as_ref().and_then(|http01| http01.answer(&req)) {
+                    Some(challenge) => Ok(challenge),
+                    None => redirect(&req, &domain, https_port),
+                };
                 async move { answer }
             });
             let conn = pin!(builder.serve_connection(TokioIo::new(stream), service));

@@ -26,9 +26,15 @@ use support::*;
 async fn start(cert: PathBuf, key: PathBuf, ca: &TestCa) -> (Proxy, CertSource) {
     let state = tempfile::tempdir().expect("tempdir");
     let mode = TlsMode::Files { cert, key };
-    let source = build_resolver(&mode, state.path(), DOMAIN, std::future::pending())
-        .await
-        .expect("files load");
+    let source = build_resolver(
+        &mode,
+        state.path(),
+        DOMAIN,
+        &no_routes(),
+        std::future::pending(),
+    )
+    .await
+    .expect("files load");
     let mut table = RouteTable::new();
     table.insert(APP, live(echo_upstream().await));
     let proxy = Proxy::start_resolved(
@@ -203,7 +209,7 @@ async fn bad_files_at_start_are_a_clear_error() {
         };
         let state = state.path().to_owned();
         async move {
-            build_resolver(&mode, &state, DOMAIN, std::future::pending())
+            build_resolver(&mode, &state, DOMAIN, &no_routes(), std::future::pending())
                 .await
                 .expect_err("must refuse to start")
         }

@@ -269,6 +269,7 @@ async fn redirect_server_sends_our_hosts_to_https_and_refuses_others() {
         listener,
         DOMAIN.to_owned(),
         8443,
+        None,
         async move {
             let _ = stopped.await;
         },

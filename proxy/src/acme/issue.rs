@@ -1,6 +1,7 @@
 //! One ACME (RFC 8555) issuance: account (loaded or registered), order for
-//! `*.<domain>` and `<domain>`, DNS-01 through the hook, CSR from a fresh key,
-//! certificate download. It does not decide when to issue nor serve anything.
+//! the given names, their challenges answered by a [`Solver`], CSR from a
+//! fresh key, certificate download. It does not decide when to issue nor
+//! serve anything.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::dns_hook::{DnsHook, HookError};
+use super::http01::{Http01Responder, Pending};
 use super::store::{Store, StoreError, StoredCert};
 use super::AcmeSettings;
 
@@ -42,7 +44,7 @@ pub enum IssueError {
     /// The ACME server refused or failed a request.
     #[error("ACME server: {0}")]
     Acme(#[from] instant_acme::Error),
-    /// An authorization ended invalid or without a DNS-01 challenge.
+    /// An authorization ended invalid or without a challenge of our type.
     #[error("ACME authorization for {identifier}: {problem}")]
     Authorization {
         /// The name being authorized.
@@ -56,7 +58,7 @@ pub enum IssueError {
         /// The order's final status.
         status: OrderStatus,
     },
-    /// The DNS hook failed.
+    /// The DNS hook failed (DNS-01).
     #[error(transparent)]
     Hook(#[from] HookError),
     /// Generating the certificate key or CSR failed.
@@ -67,21 +69,63 @@ pub enum IssueError {
     Store(#[from] StoreError),
 }
 
-/// Issues one certificate for `*.<domain>` and `<domain>`.
+/// How the names of an order are proven.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Solver<'a> {
+    /// DNS-01: TXT records published and cleared by the operator's hook.
+    Dns01(&'a DnsHook),
+    /// HTTP-01: key authorizations answered by the plain-HTTP listener.
+    Http01(&'a Http01Responder),
+}
+
+impl Solver<'_> {
+    fn challenge_type(self) -> ChallengeType {
+        match self {
+            Solver::Dns01(_) => ChallengeType::Dns01,
+            Solver::Http01(_) => ChallengeType::Http01,
+        }
+    }
+}
+
+/// A challenge answer that must be withdrawn once the order is decided,
+/// whether it succeeded or not.
+enum Published<'a> {
+    /// A TXT record the hook set; the hook clears it.
+    Record {
+        hook: &'a DnsHook,
+        name: String,
+        value: String,
+    },
+    /// A key authorization the listener answers with until dropped.
+    Token(Pending),
+}
+
+impl Published<'_> {
+    async fn withdraw(self) {
+        match self {
+            Published::Record { hook, name, value } => {
+                if let Err(err) = hook.clear(&name, &value).await {
+                    tracing::warn!(record = %name, error = %err, "DNS hook could not clear a challenge record");
+                }
+            }
+            Published::Token(pending) => drop(pending),
+        }
+    }
+}
+
+/// Issues one certificate for `names` (e.g. `*.<domain>` and `<domain>`, or
+/// one preview host), proving them with `solver`.
 pub(crate) async fn issue(
     settings: &AcmeSettings,
     store: &Store,
-    domain: &str,
+    names: &[String],
+    solver: Solver<'_>,
 ) -> Result<StoredCert, IssueError> {
     let account = account(settings, store).await?;
-    let identifiers = [
-        Identifier::Dns(format!("*.{domain}")),
-        Identifier::Dns(domain.to_owned()),
-    ];
+    let identifiers: Vec<Identifier> = names.iter().cloned().map(Identifier::Dns).collect();
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
-    let hook = DnsHook::new(&settings.dns_hook, settings.hook_timeout);
-    let mut published: Vec<(String, String)> = Vec::new();
-    let challenged = answer_challenges(&mut order, &hook, &mut published).await;
+    let mut published = Vec::new();
+    let challenged = answer_challenges(&mut order, solver, &mut published).await;
     let ready = match challenged {
         Ok(()) => order
             .poll_ready(&RetryPolicy::new().timeout(POLL_TIMEOUT))
@@ -89,10 +133,8 @@ pub(crate) async fn issue(
             .map_err(IssueError::from),
         Err(err) => Err(err),
     };
-    for (record, value) in &published {
-        if let Err(err) = hook.clear(record, value).await {
-            tracing::warn!(record = %record, error = %err, "DNS hook could not clear a challenge record");
-        }
+    for answer in published {
+        answer.withdraw().await;
     }
     match ready? {
         OrderStatus::Ready => {}
@@ -100,8 +142,7 @@ pub(crate) async fn issue(
     }
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(IssueError::Csr)?;
-    let mut params = CertificateParams::new(vec![format!("*.{domain}"), domain.to_owned()])
-        .map_err(IssueError::Csr)?;
+    let mut params = CertificateParams::new(names.to_vec()).map_err(IssueError::Csr)?;
     params.distinguished_name = DistinguishedName::new();
     let csr = params.serialize_request(&key).map_err(IssueError::Csr)?;
     order.finalize_csr(csr.der()).await?;
@@ -114,13 +155,13 @@ pub(crate) async fn issue(
     })
 }
 
-/// Publishes each pending authorization's DNS-01 record and tells the
-/// server to validate it. Every record published is pushed to `published`
-/// (so it is cleared even when a later step fails).
-async fn answer_challenges(
+/// Answers each pending authorization's challenge of the solver's type and
+/// tells the server to validate it. Every answer published is pushed to
+/// `published` (so it is withdrawn even when a later step fails).
+async fn answer_challenges<'a>(
     order: &mut instant_acme::Order,
-    hook: &DnsHook,
-    published: &mut Vec<(String, String)>,
+    solver: Solver<'a>,
+    published: &mut Vec<Published<'a>>,
 ) -> Result<(), IssueError> {
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
@@ -136,23 +177,40 @@ async fn answer_challenges(
                 })
             }
         }
-        let Some(mut challenge) = authz.challenge(ChallengeType::Dns01) else {
+        let Some(mut challenge) = authz.challenge(solver.challenge_type()) else {
             return Err(IssueError::Authorization {
                 identifier,
-                problem: "the server offers no dns-01 challenge",
+                problem: match solver {
+                    Solver::Dns01(_) => "the server offers no dns-01 challenge",
+                    Solver::Http01(_) => "the server offers no http-01 challenge",
+                },
             });
         };
-        // `*.example.com` and `example.com` share `_acme-challenge.example.com.`.
+        // The name without `*.`: `*.example.com` and `example.com` share
+        // `_acme-challenge.example.com.`.
         let Identifier::Dns(name) = challenge.identifier().identifier else {
             return Err(IssueError::Authorization {
                 identifier,
                 problem: "not a DNS name",
             });
         };
-        let record = format!("_acme-challenge.{name}.");
-        let value = challenge.key_authorization().dns_value();
-        hook.set(&record, &value).await?;
-        published.push((record, value));
+        let key_authorization = challenge.key_authorization();
+        match solver {
+            Solver::Dns01(hook) => {
+                let record = format!("_acme-challenge.{name}.");
+                let value = key_authorization.dns_value();
+                hook.set(&record, &value).await?;
+                published.push(Published::Record {
+                    hook,
+                    name: record,
+                    value,
+                });
+            }
+            Solver::Http01(responder) => {
+                let pending = responder.publish(name, &challenge.token, key_authorization.as_str());
+                published.push(Published::Token(pending));
+            }
+        }
         challenge.set_ready().await?;
     }
     Ok(())

@@ -1,42 +1,52 @@
-//! Mode "acme": one certificate for `*.<domain>` and `<domain>` from an ACME
-//! (RFC 8555) server such as Let's Encrypt, validated by DNS-01 through an
-//! operator hook ([`dns_hook`]), persisted in the state dir ([`store`]) and
-//! renewed in the background. It owns when to issue; how is [`issue`].
+//! Mode "acme": certificates from an ACME (RFC 8555) server such as Let's
+//! Encrypt, persisted in the state dir ([`store`]) and renewed in the
+//! background, in one of two shapes the operator chooses:
 //!
-//! Why one DNS-01 wildcard: every certificate is published in Certificate
-//! Transparency logs. Per-host certificates (HTTP-01 or TLS-ALPN-01) would
-//! publish every branch name (`fix-login-bug.preview.example.com`) to the
-//! world; a wildcard publishes only `*.preview.example.com`. Per-host
-//! challenges are therefore not offered.
+//! - DNS-01 (the default, [`wildcard`]): one certificate for `*.<domain>` and
+//!   `<domain>`, validated through an operator hook ([`dns_hook`]).
+//! - HTTP-01 (opt-in, [`per_host`]): one certificate per host of the route
+//!   table, validated through the plain-HTTP listener ([`http01`]).
 //!
-//! Until the first certificate arrives (first start, ACME server or DNS
-//! unreachable) handshakes get per-host leaves from previewd's own CA, as in
-//! mode "self-signed". A persisted certificate is served at once on start, and
-//! the ACME server is contacted only when it is missing or due for renewal.
+//! Why DNS-01 is the default: every certificate is published in Certificate
+//! Transparency logs. Per-host certificates publish every branch name
+//! (`fix-login-bug.preview.example.com`) to the world and cost one
+//! certificate of the CA's rate limit per preview; a wildcard publishes only
+//! `*.preview.example.com`. HTTP-01 is for operators who cannot automate their
+//! DNS and accept that (previewd warns at start). TLS-ALPN-01 is not offered:
+//! it meets the same need as HTTP-01 but would have to be answered inside the
+//! HTTPS listener's handshakes, while HTTP-01 only needs the plain-HTTP
+//! listener previewd already runs.
+//!
+//! Until a host's certificate arrives (first start, ACME server or DNS
+//! unreachable, a preview seconds old) handshakes get per-host leaves from
+//! previewd's own CA, as in mode "self-signed"; no handshake waits for an
+//! issuance. Persisted certificates are served at once on start. This module
+//! owns the settings and the rules both shapes share; one issuance is
+//! [`issue`].
 
 mod dns_hook;
+mod http01;
 mod issue;
+mod per_host;
 mod store;
+mod wildcard;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwapOption;
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use tokio::sync::watch;
-
 pub use dns_hook::HookError;
+pub use http01::Http01Responder;
 pub use issue::IssueError;
 pub use store::StoreError;
 
 use crate::ca::CertificateAuthority;
-use crate::cert_source::{CertStatus, Serving};
+use crate::cert_source::CertSource;
 use crate::pem_pair::{self, ServedCert};
-use crate::tls::CaResolver;
-use store::Store;
+use crate::routes::SharedRoutes;
+use issue::Solver;
+use store::{Store, StoredCert};
 
 /// Let's Encrypt's production directory, the default ACME server.
 pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -47,6 +57,8 @@ const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 const RETRY_FIRST: Duration = Duration::from_secs(60);
 /// One issuance, hook calls and polling included, may take this long.
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Default limit for one DNS hook call.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Settings of mode "acme".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,24 +70,48 @@ pub struct AcmeSettings {
     pub ca_file: Option<PathBuf>,
     /// Contact address registered with the account (expiry notices).
     pub email: Option<String>,
-    /// Program called as `<hook> set|clear <record-name> <value>`.
-    pub dns_hook: PathBuf,
-    /// Limit for one hook call.
-    pub hook_timeout: Duration,
-    /// How often the certificate's remaining validity is checked.
+    /// How names are proven, and so which certificates are issued.
+    pub challenge: AcmeChallenge,
+    /// How often the wildcard's remaining validity is checked; also the
+    /// longest wait between retries of a failed issuance.
     pub renew_check_interval: Duration,
 }
 
+/// The ACME challenge type, which decides the shape of the certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// One wildcard certificate for `*.<domain>` and `<domain>`, validated by
+    /// TXT records that the operator's hook publishes.
+    Dns01 {
+        /// Program called as `<hook> set|clear <record-name> <value>`.
+        hook: PathBuf,
+        /// Limit for one hook call.
+        hook_timeout: Duration,
+    },
+    /// One certificate per host of the route table, validated through the
+    /// plain-HTTP listener. Publishes every preview host name in Certificate
+    /// Transparency logs and costs one certificate per preview.
+    Http01,
+}
+
+impl AcmeChallenge {
+    /// DNS-01 through `hook`, 2 minutes per hook call.
+    pub fn dns01(hook: PathBuf) -> Self {
+        Self::Dns01 {
+            hook,
+            hook_timeout: HOOK_TIMEOUT,
+        }
+    }
+}
+
 impl AcmeSettings {
-    /// Let's Encrypt production, no contact, 2-minute hook timeout, checks
-    /// every 12 hours.
-    pub fn new(dns_hook: PathBuf) -> Self {
+    /// Let's Encrypt production, no contact, checks every 12 hours.
+    pub fn new(challenge: AcmeChallenge) -> Self {
         Self {
             directory: LETS_ENCRYPT_DIRECTORY.to_owned(),
             ca_file: None,
             email: None,
-            dns_hook,
-            hook_timeout: Duration::from_secs(120),
+            challenge,
             renew_check_interval: Duration::from_secs(12 * 3600),
         }
     }
@@ -87,6 +123,29 @@ pub enum AcmeError {
     /// The state directory cannot be created or read.
     #[error("ACME state: {0}")]
     Store(#[from] StoreError),
+}
+
+/// Serves what is persisted and starts issuing and renewing in the
+/// background until `shutdown`. HTTP-01 watches `routes` for its hosts and
+/// hands back the responder the plain-HTTP listener must consult.
+pub(crate) async fn start(
+    settings: &AcmeSettings,
+    tls_dir: &Path,
+    domain: &str,
+    routes: &SharedRoutes,
+    ca: Arc<CertificateAuthority>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<CertSource, AcmeError> {
+    let store = Store::open(tls_dir, &settings.directory)?;
+    match &settings.challenge {
+        AcmeChallenge::Dns01 { hook, hook_timeout } => {
+            let hook = dns_hook::DnsHook::new(hook, *hook_timeout);
+            wildcard::start(settings, store, hook, domain, ca, shutdown)
+        }
+        AcmeChallenge::Http01 => {
+            per_host::start(settings, store, domain, routes.clone(), ca, shutdown)
+        }
+    }
 }
 
 /// `true` when a certificate valid until `not_after` for `lifetime` in all
@@ -106,112 +165,9 @@ fn retry_delay(failures: u32, cap: Duration) -> Duration {
     RETRY_FIRST.saturating_mul(1 << doublings).min(cap)
 }
 
-/// The ACME certificate when there is one, previewd's CA until then.
-#[derive(Debug)]
-struct AcmeResolver {
-    current: ArcSwapOption<CertifiedKey>,
-    fallback: CaResolver,
-}
-
-impl ResolvesServerCert for AcmeResolver {
-    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        match self.current.load_full() {
-            Some(key) => Some(key),
-            None => self.fallback.resolve(client_hello),
-        }
-    }
-}
-
-/// Serves the persisted certificate (if any, valid for `domain`) and starts
-/// the renewal loop until `shutdown`.
-pub(crate) async fn start(
-    settings: &AcmeSettings,
-    tls_dir: &Path,
-    domain: &str,
-    ca: Arc<CertificateAuthority>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(Arc<dyn ResolvesServerCert>, watch::Receiver<CertStatus>), AcmeError> {
-    let store = Store::open(tls_dir, &settings.directory)?;
-    let current = load_persisted(&store, domain)?;
-    let resolver = Arc::new(AcmeResolver {
-        current: ArcSwapOption::from(current.as_ref().map(|c| c.key.clone())),
-        fallback: CaResolver::new(ca, domain),
-    });
-    match &current {
-        Some(cert) => {
-            tracing::info!(dir = %store.dir().display(), not_after = ?cert.not_after, "serving persisted ACME certificate")
-        }
-        None => tracing::info!(
-            domain,
-            "no ACME certificate yet; previewd's CA serves until one is issued"
-        ),
-    }
-    let (status_tx, status) = watch::channel(status_of(current.as_ref(), None));
-    let renewer = Renewer {
-        settings: settings.clone(),
-        store,
-        domain: domain.to_owned(),
-        resolver: resolver.clone(),
-        status: status_tx,
-        current,
-    };
-    tokio::spawn(renewer.run(shutdown));
-    Ok((resolver, status))
-}
-
-/// The persisted certificate, if it parses, matches its key and covers
-/// `*.<domain>` and `<domain>`; otherwise `None` (and a new one is issued).
-fn load_persisted(store: &Store, domain: &str) -> Result<Option<ServedCert>, AcmeError> {
-    let Some(stored) = store.load_cert()? else {
-        return Ok(None);
-    };
-    match pem_pair::parse(&stored.cert_pem, &stored.key_pem) {
-        Ok(cert) if covers(&cert, domain) => Ok(Some(cert)),
-        Ok(cert) => {
-            tracing::warn!(names = ?cert.dns_names, domain, "persisted ACME certificate is for other names; issuing a new one");
-            Ok(None)
-        }
-        Err(err) => {
-            tracing::warn!(dir = %store.dir().display(), error = %err, "persisted ACME certificate is unusable; issuing a new one");
-            Ok(None)
-        }
-    }
-}
-
-fn covers(cert: &ServedCert, domain: &str) -> bool {
-    let wildcard = format!("*.{domain}");
-    cert.dns_names.contains(&wildcard) && cert.dns_names.iter().any(|n| n == domain)
-}
-
-fn status_of(current: Option<&ServedCert>, last_error: Option<String>) -> CertStatus {
-    match current {
-        Some(cert) => CertStatus {
-            serving: Serving::Acme,
-            not_after: Some(cert.not_after),
-            last_error,
-        },
-        None => CertStatus {
-            serving: Serving::AcmeFallback,
-            not_after: None,
-            last_error,
-        },
-    }
-}
-
-/// The renewal loop's state.
-struct Renewer {
-    settings: AcmeSettings,
-    store: Store,
-    domain: String,
-    resolver: Arc<AcmeResolver>,
-    status: watch::Sender<CertStatus>,
-    /// What handshakes get now; `None` while the CA stands in.
-    current: Option<ServedCert>,
-}
-
-/// Why one renewal attempt failed (logged, then retried).
+/// Why one issuance attempt failed (logged, reported, then retried).
 #[derive(Debug, thiserror::Error)]
-enum RenewError {
+enum AttemptError {
     #[error(transparent)]
     Issue(#[from] IssueError),
     #[error("issuance did not finish within {0:?}")]
@@ -222,65 +178,20 @@ enum RenewError {
     Store(#[from] StoreError),
 }
 
-impl Renewer {
-    async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut failures = 0u32;
-        loop {
-            let due = self.current.as_ref().is_none_or(|cert| {
-                should_renew(cert.not_after, SystemTime::now(), cert.lifetime())
-            });
-            let wait = if due {
-                let attempt = tokio::select! {
-                    () = &mut shutdown => return,
-                    result = self.renew() => result,
-                };
-                match attempt {
-                    Ok(cert) => {
-                        failures = 0;
-                        tracing::info!(domain = %self.domain, not_after = ?cert.not_after, "ACME certificate issued");
-                        self.resolver.current.store(Some(cert.key.clone()));
-                        self.current = Some(cert);
-                        self.status
-                            .send_replace(status_of(self.current.as_ref(), None));
-                        self.settings.renew_check_interval
-                    }
-                    Err(err) => {
-                        failures = failures.saturating_add(1);
-                        let retry_in = retry_delay(failures, self.settings.renew_check_interval);
-                        let serving = if self.current.is_some() {
-                            "the current ACME certificate"
-                        } else {
-                            "previewd's CA"
-                        };
-                        tracing::warn!(domain = %self.domain, error = %err, ?retry_in, serving, "ACME issuance failed; keeping what is served");
-                        self.status
-                            .send_replace(status_of(self.current.as_ref(), Some(err.to_string())));
-                        retry_in
-                    }
-                }
-            } else {
-                self.settings.renew_check_interval
-            };
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    async fn renew(&self) -> Result<ServedCert, RenewError> {
-        let issued = tokio::time::timeout(
-            ISSUE_TIMEOUT,
-            issue::issue(&self.settings, &self.store, &self.domain),
-        )
+/// One issuance for `names` within [`ISSUE_TIMEOUT`], refused unless it can
+/// be served. The caller persists it.
+async fn obtain(
+    settings: &AcmeSettings,
+    store: &Store,
+    names: &[String],
+    solver: Solver<'_>,
+) -> Result<(StoredCert, ServedCert), AttemptError> {
+    let issued = tokio::time::timeout(ISSUE_TIMEOUT, issue::issue(settings, store, names, solver))
         .await
-        .map_err(|_| RenewError::Timeout(ISSUE_TIMEOUT))??;
-        let cert =
-            pem_pair::parse(&issued.cert_pem, &issued.key_pem).map_err(RenewError::Unusable)?;
-        self.store.save_cert(&issued)?;
-        Ok(cert)
-    }
+        .map_err(|_| AttemptError::Timeout(ISSUE_TIMEOUT))??;
+    let cert =
+        pem_pair::parse(&issued.cert_pem, &issued.key_pem).map_err(AttemptError::Unusable)?;
+    Ok((issued, cert))
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! What mode "acme" keeps on disk, one directory per ACME server under
 //! `<state_dir>/tls/acme/<server>/`: `account.json` (account URL and key,
-//! mode 0600), `cert.pem` (chain, 0644) and `key.pem` (0600). Switching the
-//! directory URL (staging to production) therefore starts clean. It only
-//! reads and writes these files; deciding when to issue is `acme::renew`.
+//! mode 0600), the wildcard's `cert.pem` (chain, 0644) and `key.pem` (0600),
+//! and with HTTP-01 one pair per host in `hosts/`: `<host>.cert.pem` and
+//! `<host>.key.pem`. Switching the directory URL (staging to production)
+//! therefore starts clean. It only reads and writes these files; deciding
+//! what to issue and keep is `acme::wildcard` and `acme::per_host`.
 
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -12,10 +14,14 @@ use std::path::{Path, PathBuf};
 use instant_acme::AccountCredentials;
 
 use crate::atomic_file::{self, WriteError};
+use crate::host::normalize_host;
 
 const ACCOUNT_FILE: &str = "account.json";
 const CERT_FILE: &str = "cert.pem";
 const KEY_FILE: &str = "key.pem";
+const HOSTS_DIR: &str = "hosts";
+const HOST_CERT_SUFFIX: &str = ".cert.pem";
+const HOST_KEY_SUFFIX: &str = ".key.pem";
 
 /// Reading or writing the ACME state failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +124,79 @@ impl Store {
         atomic_file::write(&self.dir, CERT_FILE, &cert.cert_pem, 0o644)?;
         Ok(())
     }
+    /// Every persisted per-host certificate: host and its pair, or `None`
+    /// when the key is missing (a crash while saving or removing it).
+    pub fn load_host_certs(&self) -> Result<Vec<(String, Option<StoredCert>)>, StoreError> {
+        let dir = self.dir.join(HOSTS_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Io { path: dir, source }),
+        };
+        let mut certs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| StoreError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name();
+            // Only names this store writes: temp files and strays are skipped.
+            let Some(host) = name
+                .to_str()
+                .and_then(|name| name.strip_suffix(HOST_CERT_SUFFIX))
+                .filter(|host| normalize_host(host).as_deref() == Some(*host))
+            else {
+                continue;
+            };
+            let cert_pem = read_optional(&entry.path())?;
+            let key_pem = read_optional(&dir.join(format!("{host}{HOST_KEY_SUFFIX}")))?;
+            let pair = match (cert_pem, key_pem) {
+                (Some(cert_pem), Some(key_pem)) => Some(StoredCert { cert_pem, key_pem }),
+                _ => None,
+            };
+            certs.push((host.to_owned(), pair));
+        }
+        Ok(certs)
+    }
+
+    /// Saves `host`'s newly issued certificate, key first as [`Store::save_cert`].
+    /// `host` must be normalized (it becomes a file name).
+    pub fn save_host_cert(&self, host: &str, cert: &StoredCert) -> Result<(), StoreError> {
+        let dir = self.dir.join(HOSTS_DIR);
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| StoreError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        let key = format!("{host}{HOST_KEY_SUFFIX}");
+        atomic_file::write(&dir, &key, &cert.key_pem, 0o600)?;
+        atomic_file::write(
+            &dir,
+            &format!("{host}{HOST_CERT_SUFFIX}"),
+            &cert.cert_pem,
+            0o644,
+        )?;
+        Ok(())
+    }
+
+    /// Deletes `host`'s pair, if any. The key goes first: a crash between
+    /// the two leaves a certificate without key, which the next start loads
+    /// as incomplete and removes.
+    pub fn remove_host_cert(&self, host: &str) -> Result<(), StoreError> {
+        let dir = self.dir.join(HOSTS_DIR);
+        for suffix in [HOST_KEY_SUFFIX, HOST_CERT_SUFFIX] {
+            let path = dir.join(format!("{host}{suffix}"));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { path, source }),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A file-name-safe rendering of the directory URL's host and port.
@@ -184,5 +263,44 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn host_certs_round_trip_and_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "https://ca.test/dir").expect("open");
+        assert!(store.load_host_certs().expect("load").is_empty());
+        let cert = StoredCert {
+            cert_pem: b"chain".to_vec(),
+            key_pem: b"key".to_vec(),
+        };
+        store.save_host_cert("a.preview.test", &cert).expect("save");
+        store.save_host_cert("b.preview.test", &cert).expect("save");
+        // A stray file and a certificate whose key is gone.
+        let hosts = store.dir().join(HOSTS_DIR);
+        fs::write(hosts.join("notes.txt"), "x").expect("stray");
+        fs::remove_file(hosts.join("b.preview.test.key.pem")).expect("rm key");
+
+        let mut loaded = store.load_host_certs().expect("load");
+        loaded.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            loaded,
+            [
+                ("a.preview.test".to_owned(), Some(cert.clone())),
+                ("b.preview.test".to_owned(), None)
+            ]
+        );
+        let mode = fs::metadata(hosts.join("a.preview.test.key.pem"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        store.remove_host_cert("a.preview.test").expect("remove");
+        store.remove_host_cert("b.preview.test").expect("remove");
+        store
+            .remove_host_cert("never.preview.test")
+            .expect("remove");
+        assert!(store.load_host_certs().expect("load").is_empty());
     }
 }

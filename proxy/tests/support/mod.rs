@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod pebble;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -339,4 +340,9 @@ pub fn app_at(upstream: SocketAddr) -> RouteTable {
     let mut table = RouteTable::new();
     table.insert(APP, live(upstream));
     table
+}
+
+/// A route table with no routes, for certificate sources that do not read it.
+pub fn no_routes() -> SharedRoutes {
+    Arc::new(ArcSwap::from_pointee(RouteTable::new()))
 }
