@@ -18,14 +18,14 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use previewd_proxy::{
-    build_resolver, serve_redirect, AcmeChallenge, AcmeSettings, CertSource, Limits, RouteTable,
-    Serving, SharedRoutes, TlsMode,
+    build_resolver, serve_redirect, AcmeChallenge, AcmeSettings, CertSource, RouteTable, Serving,
+    SharedRoutes, TlsMode,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use support::certs::served_leaf;
-use support::pebble::{dns_names, mode, wait_status, Pebble};
+use support::pebble::{dns_names, mode, proxy_for, wait_status, Pebble};
 use support::*;
 
 /// A certificate source in HTTP-01 mode and its plain-HTTP listener; both
@@ -78,17 +78,6 @@ fn settings(pebble: &Pebble) -> AcmeSettings {
     settings.ca_file = Some(pebble.https_ca.clone());
     settings.email = Some("ops@preview.test".into());
     settings
-}
-
-async fn proxy_for(source: &CertSource, trusted_pem: String) -> Proxy {
-    Proxy::start_resolved(
-        RouteTable::new(),
-        Limits::default(),
-        source.resolver.clone(),
-        trusted_pem,
-        tempfile::tempdir().expect("tempdir"),
-    )
-    .await
 }
 
 /// Status and `Location` of a plain-HTTP GET of `path` for `host`.

@@ -9,13 +9,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use previewd_proxy::{
-    build_resolver, AcmeChallenge, AcmeSettings, CertSource, Limits, RouteTable, Serving, TlsMode,
-};
+use previewd_proxy::{build_resolver, AcmeChallenge, AcmeSettings, CertSource, Serving, TlsMode};
 use tokio::sync::oneshot;
 
 use support::certs::{served_leaf, TestCa};
-use support::pebble::{dns_names, free_port, mode, script, wait_status, Pebble};
+use support::pebble::{dns_names, free_port, mode, proxy_for, script, wait_status, Pebble};
 use support::*;
 
 fn settings(pebble: &Pebble, dns_hook: PathBuf) -> AcmeSettings {
@@ -54,17 +52,6 @@ async fn start_acme(settings: &AcmeSettings, state: &Path) -> Started {
         source,
         _stop: stop,
     }
-}
-
-async fn proxy_for(source: &CertSource, trusted_pem: String) -> Proxy {
-    Proxy::start_resolved(
-        RouteTable::new(),
-        Limits::default(),
-        source.resolver.clone(),
-        trusted_pem,
-        tempfile::tempdir().expect("tempdir"),
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

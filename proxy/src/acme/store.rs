@@ -68,14 +68,7 @@ impl Store {
     /// `<tls_dir>/acme/<server>` for `directory_url`, created (0700) if missing.
     pub fn open(tls_dir: &Path, directory_url: &str) -> Result<Self, StoreError> {
         let dir = tls_dir.join("acme").join(server_dir_name(directory_url));
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| StoreError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+        create_private_dir(&dir)?;
         Ok(Self { dir })
     }
 
@@ -163,14 +156,7 @@ impl Store {
     /// `host` must be normalized (it becomes a file name).
     pub fn save_host_cert(&self, host: &str, cert: &StoredCert) -> Result<(), StoreError> {
         let dir = self.dir.join(HOSTS_DIR);
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| StoreError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+        create_private_dir(&dir)?;
         let key = format!("{host}{HOST_KEY_SUFFIX}");
         atomic_file::write(&dir, &key, &cert.key_pem, 0o600)?;
         atomic_file::write(
@@ -227,6 +213,19 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
             source,
         }),
     }
+}
+
+/// `dir` and its parents, created 0700 where missing: account and
+/// certificate keys live below it.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use previewd_proxy::CertStatus;
+use previewd_proxy::{CertSource, CertStatus, Limits, RouteTable};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tempfile::TempDir;
 use tokio::net::TcpStream;
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 use super::certs::TestCa;
-use super::{client_config, within};
+use super::{client_config, within, Proxy};
 
 const PEBBLE: &str = "/usr/bin/pebble";
 const CHALLTESTSRV: &str = "/usr/bin/pebble-challtestsrv";
@@ -263,4 +263,17 @@ pub fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
 
 pub fn mode(path: &Path) -> u32 {
     fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+}
+
+/// A proxy with no routes serving the certificates of `source`; its clients
+/// trust only `trusted_pem` (pebble's issuing root).
+pub async fn proxy_for(source: &CertSource, trusted_pem: String) -> Proxy {
+    Proxy::start_resolved(
+        RouteTable::new(),
+        Limits::default(),
+        source.resolver.clone(),
+        trusted_pem,
+        tempfile::tempdir().expect("tempdir"),
+    )
+    .await
 }
