@@ -155,12 +155,19 @@ fn tail(stderr: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
+    /// Written by a child `sh`: a file this process held open for writing
+    /// could be inherited by a hook another test forks at that moment, and
+    /// running the script would then fail with "Text file busy".
     fn script(dir: &Path, body: &str) -> PathBuf {
         let path = dir.join("hook");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write hook");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let status = std::process::Command::new("sh")
+            .args(["-c", "printf '%s\\n' \"$2\" > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(&path)
+            .arg(format!("#!/bin/sh\n{body}"))
+            .status()
+            .expect("sh");
+        assert!(status.success(), "writing {}", path.display());
         path
     }
 

@@ -229,10 +229,27 @@ fn spawn(name: &'static str, command: &mut Command, dir: &Path) -> Child {
     Child(child)
 }
 
+/// An executable `#!/bin/sh` script `dir/name` running `body`.
+///
+/// A child `sh` writes it, never this process: a file this multi-threaded
+/// test process held open for writing could be inherited by a process
+/// another test forks at that moment, and exec'ing the script would then
+/// fail with "Text file busy".
 pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::io::Write;
     let path = dir.join(name);
-    fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut writer = Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start sh");
+    let mut stdin = writer.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
+        .expect("write script");
+    drop(stdin);
+    assert!(writer.wait().expect("sh").success(), "writing {}", path.display());
     path
 }
 
