@@ -18,9 +18,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -176,34 +175,15 @@ impl std::fmt::Debug for Driver {
 /// Runs a client connection `conn` and its own upstream connections in one
 /// future, so both ends of a request are polled by the same task. Ends when
 /// `conn` ends; the upstream connections are dropped (closed) with it.
-///
-/// Each side gets a waker of its own that marks it before waking the task,
-/// and a side is polled only when marked. Handing a request or a response
-/// across wakes the task although the other side was already polled in the
-/// same turn; without the marks that wake-up polled both connections again
-/// for nothing, twice per request.
 pub(crate) struct Alongside<'a, C> {
-    conn: Pin<&'a mut C>,
+    /// The client connection, for graceful shutdown.
+    pub(crate) conn: Pin<&'a mut C>,
     driver: Driver,
-    conn_side: Side,
-    driver_side: Side,
 }
 
 impl<'a, C> Alongside<'a, C> {
     pub(crate) fn new(conn: Pin<&'a mut C>, driver: Driver) -> Self {
-        Self {
-            conn,
-            driver,
-            conn_side: Side::new(),
-            driver_side: Side::new(),
-        }
-    }
-
-    /// The client connection, e.g. for graceful shutdown. It is polled on
-    /// the next turn whatever was done to it (no waker tells of a call).
-    pub(crate) fn conn_mut(&mut self) -> Pin<&mut C> {
-        self.conn_side.flag.due.store(true, Ordering::Release);
-        self.conn.as_mut()
+        Self { conn, driver }
     }
 }
 
@@ -212,131 +192,14 @@ impl<C: Future> Future for Alongside<'_, C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let this = self.get_mut();
-        this.conn_side.follow(cx.waker());
-        this.driver_side.follow(cx.waker());
         // Upstream first, so a response that just arrived is relayed in this
         // same poll; again after, so a request just handed over is written
         // now rather than on the wake-up it caused.
-        if let Some(mut cx) = this.driver_side.take() {
-            this.driver.poll_connections(&mut cx);
-        }
-        let Some(mut conn_cx) = this.conn_side.take() else {
-            return Poll::Pending;
-        };
-        let ended = this.conn.as_mut().poll(&mut conn_cx);
+        this.driver.poll_connections(cx);
+        let ended = this.conn.as_mut().poll(cx);
         if ended.is_pending() {
-            if let Some(mut cx) = this.driver_side.take() {
-                this.driver.poll_connections(&mut cx);
-            }
+            this.driver.poll_connections(cx);
         }
         ended
-    }
-}
-
-/// The waker one side of [`Alongside`] is polled with: it marks the side as
-/// due, then wakes the task.
-struct Side {
-    flag: Arc<SideFlag>,
-    waker: Waker,
-}
-
-struct SideFlag {
-    /// Set by the side's waker; taken by the poll that serves it.
-    due: AtomicBool,
-    /// The task to wake, as of its last poll.
-    task: Mutex<Option<Waker>>,
-}
-
-impl Side {
-    /// Due at first, so the first poll reaches every side.
-    fn new() -> Self {
-        let flag = Arc::new(SideFlag {
-            due: AtomicBool::new(true),
-            task: Mutex::new(None),
-        });
-        let waker = Waker::from(flag.clone());
-        Self { flag, waker }
-    }
-
-    /// Wakes `task` from now on (a task's waker rarely changes).
-    fn follow(&self, task: &Waker) {
-        let mut current = self.flag.task.lock().unwrap_or_else(PoisonError::into_inner);
-        if !current.as_ref().is_some_and(|waker| waker.will_wake(task)) {
-            *current = Some(task.clone());
-        }
-    }
-
-    /// A context for polling this side if it is due, clearing the mark.
-    fn take(&self) -> Option<Context<'_>> {
-        self.flag
-            .due
-            .swap(false, Ordering::AcqRel)
-            .then(|| Context::from_waker(&self.waker))
-    }
-}
-
-impl Wake for SideFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.due.store(true, Ordering::Release);
-        if let Some(task) = &*self.task.lock().unwrap_or_else(PoisonError::into_inner) {
-            task.wake_by_ref();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    /// Counts its polls; ready once `finish` is set, pending (without
-    /// arranging a wake-up) until then.
-    struct Counted {
-        polls: Arc<AtomicUsize>,
-        finish: Arc<AtomicBool>,
-    }
-
-    impl Future for Counted {
-        type Output = ();
-
-        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-            self.polls.fetch_add(1, Ordering::SeqCst);
-            if self.finish.load(Ordering::SeqCst) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }
-    }
-
-    #[test]
-    fn a_side_is_polled_only_when_woken_or_touched() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let finish = Arc::new(AtomicBool::new(false));
-        let mut conn = Counted {
-            polls: polls.clone(),
-            finish: finish.clone(),
-        };
-        let (_handle, driver) = OwnUpstream::new(Duration::from_secs(1), 8192);
-        let mut both = Alongside::new(Pin::new(&mut conn), driver);
-        let mut cx = Context::from_waker(Waker::noop());
-
-        assert!(Pin::new(&mut both).poll(&mut cx).is_pending());
-        assert_eq!(polls.load(Ordering::SeqCst), 1, "first poll reaches the connection");
-        assert!(Pin::new(&mut both).poll(&mut cx).is_pending());
-        assert_eq!(polls.load(Ordering::SeqCst), 1, "not woken: not polled again");
-
-        both.conn_side.waker.wake_by_ref();
-        assert!(Pin::new(&mut both).poll(&mut cx).is_pending());
-        assert_eq!(polls.load(Ordering::SeqCst), 2, "woken: polled");
-
-        finish.store(true, Ordering::SeqCst);
-        assert_eq!(both.conn_mut().polls.load(Ordering::SeqCst), 2);
-        assert!(Pin::new(&mut both).poll(&mut cx).is_ready(), "touched: polled");
-        assert_eq!(polls.load(Ordering::SeqCst), 3);
     }
 }

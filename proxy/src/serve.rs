@@ -174,7 +174,7 @@ async fn serve_tls(
         let conn = pin!(conn);
         let both = Alongside::new(conn, upstreams);
         until_drained(pin!(both), drain.clone(), |both| {
-            both.get_mut().conn_mut().graceful_shutdown();
+            both.get_mut().conn.as_mut().graceful_shutdown();
         })
         .await
     };
