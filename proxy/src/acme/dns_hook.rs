@@ -162,7 +162,11 @@ mod tests {
     fn script(dir: &Path, body: &str) -> PathBuf {
         let path = dir.join("hook");
         let status = std::process::Command::new("sh")
-            .args(["-c", "printf '%s\\n' \"$2\" > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .args([
+                "-c",
+                "printf '%s\\n' \"$2\" > \"$1\" && chmod 755 \"$1\"",
+                "sh",
+            ])
             .arg(&path)
             .arg(format!("#!/bin/sh\n{body}"))
             .status()

@@ -249,7 +249,11 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
         .expect("write script");
     drop(stdin);
-    assert!(writer.wait().expect("sh").success(), "writing {}", path.display());
+    assert!(
+        writer.wait().expect("sh").success(),
+        "writing {}",
+        path.display()
+    );
     path
 }
 
