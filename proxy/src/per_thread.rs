@@ -21,9 +21,9 @@ use crate::incoming::{Handed, Incoming};
 
 /// Accepts on `listener` until `shutdown` resolves, handing each connection
 /// to the next of `threads` threads (at least one, named
-/// `previewd-<scheme>-<n>`) that each run `serve(incoming)`. On shutdown the socket is closed at once (new
-/// connections are refused), each thread's `incoming` ends, and this waits
-/// for every `serve` to return. If one fails or panics first, the rest are
+/// `previewd-<scheme>-<n>`) that each run `serve(incoming)`. On shutdown the
+/// socket is closed at once (new connections are refused), each thread's
+/// `incoming` ends, and this waits for every `serve` to return. If one fails or panics first, the rest are
 /// stopped the same way and that failure is returned.
 pub(crate) async fn serve_per_thread<F, Fut>(
     listener: TcpListener,
@@ -47,7 +47,10 @@ where
             .name(format!("previewd-{scheme}-{index}"))
             .spawn(move || {
                 // Sent when this guard drops, so a panic is reported too.
-                let report = EndReport(ended_tx, Some(Err(io::Error::other("thread panicked"))));
+                let report = EndReport {
+                    to: ended_tx,
+                    result: Some(Err(io::Error::other("thread panicked"))),
+                };
                 report.finish(run_thread(|| serve(Incoming::Handoff(incoming))));
             })?;
         handoffs.push(handoff);
@@ -100,23 +103,24 @@ where
         .block_on(async move { serve().await })
 }
 
-/// Reports how a thread ended: its result, or a panic if it never got to.
-struct EndReport(
-    mpsc::UnboundedSender<io::Result<()>>,
-    Option<io::Result<()>>,
-);
+/// Reports how a thread ended, when dropped: its result, or a panic if it
+/// never got to [`EndReport::finish`].
+struct EndReport {
+    to: mpsc::UnboundedSender<io::Result<()>>,
+    result: Option<io::Result<()>>,
+}
 
 impl EndReport {
     fn finish(mut self, result: io::Result<()>) {
-        self.1 = Some(result);
+        self.result = Some(result);
     }
 }
 
 impl Drop for EndReport {
     fn drop(&mut self) {
-        if let Some(result) = self.1.take() {
+        if let Some(result) = self.result.take() {
             // The receiver is gone only when the caller stopped waiting.
-            let _ = self.0.send(result);
+            let _ = self.to.send(result);
         }
     }
 }

@@ -1,9 +1,8 @@
 //! The listeners: accept loops for HTTPS (TLS handshake, then HTTP/1.1 or
 //! HTTP/2 by ALPN) and plain HTTP (ACME HTTP-01 answers, otherwise
-//! redirects), one task per connection under
-//! the connection cap and deadline I/O, hyper's protocol limits, and
-//! graceful shutdown with a deadline. The caller binds the listener and owns
-//! shutdown.
+//! redirects), one task per connection under the connection cap and deadline
+//! I/O, hyper's protocol limits, and graceful shutdown with a deadline. The
+//! caller binds the listener and owns shutdown.
 
 use std::future::Future;
 use std::io;
