@@ -122,15 +122,20 @@ impl Proxy {
     /// One HTTP/1.1 request over a fresh TLS connection with SNI `sni`.
     pub async fn send_h1(&self, sni: &str, req: Request<Full<Bytes>>) -> Answer {
         let tls = self.tls(sni, &[b"http/1.1"]).await.expect("TLS handshake");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .expect("HTTP/1.1 handshake");
-        tokio::spawn(conn);
-        let response = within(10, "HTTP/1.1 request", sender.send_request(req))
-            .await
-            .expect("response");
-        Answer::read(response).await
+        send_h1_over(tls, req).await
     }
+}
+
+/// One HTTP/1.1 request over an already established TLS connection.
+pub async fn send_h1_over(tls: TlsStream<TcpStream>, req: Request<Full<Bytes>>) -> Answer {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    let response = within(10, "HTTP/1.1 request", sender.send_request(req))
+        .await
+        .expect("response");
+    Answer::read(response).await
 }
 
 impl Drop for Proxy {
