@@ -17,6 +17,7 @@ mod framing;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod h2_head_deadline;
 mod handle;
 mod host;
 mod incoming;

@@ -10,11 +10,13 @@ pub struct Limits {
     /// A client that has not finished its TLS handshake by then is dropped
     /// [10 s].
     pub handshake_timeout: Duration,
-    /// Longest wait for a request's complete header block on HTTP/1.1
-    /// (slowloris guard): hyper closes the connection without an answer
-    /// [15 s]. hyper starts this timer whenever it waits for a request head,
-    /// so it also bounds how long an HTTP/1.1 keep-alive connection may sit
-    /// idle between requests.
+    /// Longest wait for a request's complete header block (slowloris
+    /// guard); the connection is closed without an answer [15 s]. HTTP/1.1:
+    /// hyper starts this timer whenever it waits for a request head, so it
+    /// also bounds how long a keep-alive connection may sit idle between
+    /// requests. HTTP/2: the connection preface, every frame but DATA, and
+    /// each header block (HEADERS through the CONTINUATION with
+    /// END_HEADERS) must each arrive whole within it once begun.
     pub header_read_timeout: Duration,
     /// Largest request header block in bytes, start line included [64 KiB].
     /// HTTP/1.1: 431 and the connection closed (hyper). HTTP/2: advertised

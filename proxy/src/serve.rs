@@ -25,6 +25,7 @@ use crate::acme::Http01Responder;
 use crate::deadline_io::DeadlineIo;
 use crate::forward::{upstream_client, UPSTREAM_MAX_BUF};
 use crate::framing::FramingWatch;
+use crate::h2_head_deadline::H2HeadDeadline;
 use crate::handle::{handle, Peer, Proxy};
 use crate::host::normalize_host;
 use crate::incoming::Incoming;
@@ -155,6 +156,7 @@ async fn serve_tls(
         })
     };
     let ended = if is_h2 {
+        let stream = H2HeadDeadline::new(stream, limits.header_read_timeout);
         let conn = https
             .h2
             .serve_connection(TokioIo::new(stream), service(client));

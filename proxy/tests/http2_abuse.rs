@@ -1,11 +1,12 @@
 //! HTTP/2 abuse over raw frames (TLS, ALPN h2, hand-written frames): more
-//! streams than allowed, rapid reset, CONTINUATION floods and oversized
-//! header blocks. Each must end the stream or the connection without
-//! harming the proxy or the next connection.
+//! streams than allowed, rapid reset, CONTINUATION floods, oversized and
+//! slowly sent header blocks. Each must end the stream or the connection
+//! without harming the proxy or the next connection.
 
 mod support;
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -18,6 +19,7 @@ use tokio_rustls::client::TlsStream;
 
 use support::*;
 
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
@@ -60,6 +62,13 @@ fn get_block(path: &str) -> Vec<u8> {
     let mut block = vec![0x82, 0x87]; // :method GET, :scheme https
     literal_indexed_name(&mut block, 4, path.as_bytes()); // :path
     literal_indexed_name(&mut block, 1, APP.as_bytes()); // :authority
+    block
+}
+
+/// HPACK for `POST https://APP<path>`.
+fn post_block(path: &str) -> Vec<u8> {
+    let mut block = get_block(path);
+    block[0] = 0x83; // :method POST
     block
 }
 
@@ -323,4 +332,101 @@ async fn oversized_header_block_on_http2_is_refused_and_never_forwarded() {
     // The proxy still serves the next request.
     assert_eq!(proxy.get(APP, "/").await.status, StatusCode::OK);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn slowly_sent_http2_header_block_is_cut_off_after_the_header_read_timeout() {
+    let (upstream, accepted) = counting_upstream().await;
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let proxy = Proxy::start_with(app_at(upstream), limits).await;
+    let h2 = RawH2::connect(&proxy).await;
+    let RawH2 {
+        mut reader,
+        mut writer,
+    } = h2;
+    let started = Instant::now();
+    // HEADERS without END_HEADERS, then the CONTINUATION that ends the
+    // block, 4 bytes every 300 ms: bytes keep moving (no idle timeout), and
+    // the block stays far below the size and CONTINUATION-count limits, so
+    // only the clock can end it.
+    let dribble = tokio::spawn(async move {
+        let headers = frame(HEADERS, END_STREAM, 1, &get_block("/"));
+        if writer.write_all(&headers).await.is_err() {
+            return;
+        }
+        let mut fields = Vec::new();
+        for n in 0..20 {
+            junk_field(&mut fields, n, 8);
+        }
+        for piece in frame(CONTINUATION, END_HEADERS, 1, &fields).chunks(4) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if writer.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    within(10, "slow header block cut off", goaway(&mut reader)).await;
+    dribble.abort();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed before the header read timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the request was forwarded"
+    );
+    h2_get_works(&proxy).await;
+}
+
+#[tokio::test]
+async fn slowly_sent_http2_body_is_not_cut_off_by_the_header_read_timeout() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let proxy = Proxy::start_with(app_at(echo_upstream().await), limits).await;
+    let mut h2 = RawH2::connect(&proxy).await;
+    h2.send(&frame(HEADERS, END_HEADERS, 1, &post_block("/upload")))
+        .await
+        .expect("request head");
+    // Four DATA frames over about 2.4 s, each split mid-payload: the body
+    // takes longer than the header read timeout, which must not apply to it.
+    for (n, piece) in ["ab", "cd", "ef", "gh"].iter().enumerate() {
+        let last = n == 3;
+        let data = frame(DATA, if last { END_STREAM } else { 0 }, 1, piece.as_bytes());
+        let (head_and_half, rest) = data.split_at(data.len() - 1);
+        h2.send(head_and_half).await.expect("first part of DATA");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h2.send(rest).await.expect("rest of DATA");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut body = Vec::new();
+    let status = within(10, "answer to the slow upload", async {
+        let mut status = None;
+        loop {
+            let frame = h2.read().await.expect("connection stays open");
+            if frame.stream != 1 {
+                continue;
+            }
+            if frame.kind == HEADERS {
+                status = frame.payload.first().copied();
+            }
+            if frame.kind == DATA {
+                body.extend_from_slice(&frame.payload);
+            }
+            if frame.flags & END_STREAM != 0 {
+                return status;
+            }
+        }
+    })
+    .await;
+    // 0x88: `:status: 200`, indexed.
+    assert_eq!(status, Some(0x88), "{}", String::from_utf8_lossy(&body));
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("body=abcdefgh"), "{body}");
 }
