@@ -114,10 +114,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     if let Some(runtime) = connect_docker(&config, &shutdown).await {
         let runtime_events = runtime.clone();
         let mut reconciler = Reconciler::new(config.clone(), runtime, routes, status);
+        // Watching before the first pass reads the refs: a push in between
+        // (without the hook) is then noticed at once, not by the next resync.
+        let _watcher = watch::watch_refs(&config.mirror, triggers_tx.clone())?;
         // Adopt what runs before saying ready, so a restart serves at once.
         reconciler.pass_logged().await;
         sd_notify::ready();
-        let _watcher = watch::watch_refs(&config.mirror, triggers_tx.clone())?;
         let events = tokio::spawn(events::follow(
             runtime_events,
             triggers_tx,

@@ -20,7 +20,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_previewd");
@@ -111,25 +111,32 @@ impl Running {
 }
 
 /// An upstream answering `hello from upstream`; `/slow` first reports its arrival, then
-/// answers after `SLOW`.
-const SLOW: Duration = Duration::from_secs(2);
+/// answers once the test releases it.
+struct Upstream {
+    addr: SocketAddr,
+    arrivals: mpsc::UnboundedReceiver<()>,
+    release: watch::Sender<bool>,
+}
 
-async fn upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
+async fn upstream() -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind upstream");
     let addr = listener.local_addr().expect("upstream addr");
     let (arrived, arrivals) = mpsc::unbounded_channel();
+    let (release, released) = watch::channel(false);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let arrived = arrived.clone();
+            let released = released.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let arrived = arrived.clone();
+                    let mut released = released.clone();
                     async move {
                         if req.uri().path() == "/slow" {
                             let _ = arrived.send(());
-                            tokio::time::sleep(SLOW).await;
+                            let _ = released.wait_for(|go| *go).await;
                         }
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(
                             Bytes::from_static(b"hello from upstream"),
@@ -142,7 +149,11 @@ async fn upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
             });
         }
     });
-    (addr, arrivals)
+    Upstream {
+        addr,
+        arrivals,
+        release,
+    }
 }
 
 /// One GET over a fresh TLS connection with SNI and Host `host`.
@@ -222,7 +233,7 @@ fn s(path: &Path) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_serve_over_tls_and_unknown_hosts_get_404() {
     let certs = Certs::new();
-    let (backend, _) = upstream().await;
+    let backend = upstream().await.addr;
     let route = format!("{APP}={backend}");
     let proxy = Running::start(&[
         "--cert",
@@ -244,7 +255,7 @@ async fn routes_serve_over_tls_and_unknown_hosts_get_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_add_serves_a_new_host_and_route_remove_makes_it_404() {
     let certs = Certs::new();
-    let (backend, _) = upstream().await;
+    let backend = upstream().await.addr;
     let socket = certs.socket();
     let proxy = Running::start(&[
         "--cert",
@@ -359,7 +370,8 @@ async fn bad_flags_exit_2_with_one_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_request_finish_refuses_new_connections_and_exits_0() {
     let certs = Certs::new();
-    let (backend, mut arrivals) = upstream().await;
+    let mut upstream = upstream().await;
+    let backend = upstream.addr;
     let route = format!("{APP}={backend}");
     let mut proxy = Running::start(&[
         "--cert",
@@ -375,7 +387,7 @@ async fn sigterm_lets_an_in_flight_request_finish_refuses_new_connections_and_ex
     let addr = proxy.addr;
     let ca_pem = certs.ca_pem.clone();
     let slow = tokio::spawn(async move { get(addr, &ca_pem, APP, "/slow").await });
-    timeout(DEADLINE, arrivals.recv())
+    timeout(DEADLINE, upstream.arrivals.recv())
         .await
         .expect("slow request reached the upstream in time");
 
@@ -394,6 +406,7 @@ async fn sigterm_lets_an_in_flight_request_finish_refuses_new_connections_and_ex
         !slow.is_finished(),
         "the slow request must still be in flight"
     );
+    upstream.release.send_replace(true);
 
     let (status, body) = slow.await.expect("slow request task");
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -408,7 +421,7 @@ async fn sigterm_lets_an_in_flight_request_finish_refuses_new_connections_and_ex
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_cert_files_previewd_ca_issues_per_host() {
     let state = tempfile::tempdir().expect("tempdir");
-    let (backend, _) = upstream().await;
+    let backend = upstream().await.addr;
     let route = format!("{APP}={backend}");
     let proxy = Running::start(&[
         "--state-dir",

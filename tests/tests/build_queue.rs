@@ -72,6 +72,16 @@ fn builds_beyond_the_concurrency_wait_in_a_visible_queue() {
     for branch in ["q1", "q2", "q3"] {
         env.commit_site(branch, &format!("{branch}\n"));
     }
+    // Whichever build takes the slot first must last long enough for the other two to be
+    // seen waiting, however fast the engine is: each of them sleeps a few seconds.
+    for branch in ["q1", "q2", "q3"] {
+        env.checkout(branch);
+        let dockerfile = env.work.join("Dockerfile");
+        let mut text = std::fs::read_to_string(&dockerfile).unwrap();
+        text.push_str("RUN [\"/bin/busybox\", \"sleep\", \"4\"]\n");
+        std::fs::write(&dockerfile, text).unwrap();
+        env.git(&["commit", "-q", "-am", "a slow build step"]);
+    }
     // One push, three branches: one build slot (the default), so two wait.
     env.push(&["main", "q1", "q2", "q3"]);
     let queued = eventually(LIVE, "two previews queued", || {
@@ -95,11 +105,12 @@ fn an_app_that_keeps_dying_is_failed_after_its_restart_budget() {
     let mut env = test_env!("dying");
     env.start();
     env.git(&["checkout", "-q", "-b", "dies", "main"]);
-    // Healthy for a moment (busybox httpd without -f runs in the background), then gone.
+    // Healthy for a few seconds (busybox httpd without -f runs in the background), then gone:
+    // long enough for the first health probe however loaded the machine.
     std::fs::write(
         env.work.join("Dockerfile"),
         "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nEXPOSE 8080\n\
-         ENTRYPOINT [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox httpd -p 8080 -h /www; echo app-crashed-again; /bin/busybox sleep 2; exit 1\"]\n",
+         ENTRYPOINT [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox httpd -p 8080 -h /www; echo app-crashed-again; /bin/busybox sleep 4; exit 1\"]\n",
     )
     .unwrap();
     env.git(&["commit", "-q", "-am", "an app that dies"]);

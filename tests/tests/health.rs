@@ -26,7 +26,7 @@ fn traffic_waits_for_the_configured_check_and_an_unhealthy_version_never_gets_it
     let config = env.root.join("previewd.toml");
     std::fs::write(
         &config,
-        "[health]\npath = \"/ready.txt\"\nstatus = 200\ninterval_ms = 50\nstart_period_s = 8\n",
+        "[health]\npath = \"/ready.txt\"\nstatus = 200\ninterval_ms = 50\nstart_period_s = 15\n",
     )
     .unwrap();
     env.daemon_args(&["--config", config.to_str().unwrap()]);
