@@ -1,6 +1,8 @@
-//! The whole loop for real: push -> HTTPS preview -> update without downtime -> merge and
-//! delete -> nothing left in Docker.
+//! The whole loop for real: push -> HTTPS preview -> update without downtime (requests
+//! running on the old version finish) -> merge and delete -> nothing left in Docker.
 
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use previewd_e2e::{eventually, test_env};
@@ -138,4 +140,63 @@ fn push_update_merge_and_delete() {
     assert_eq!(env.get("feature-bye", "/").0, 404);
     assert!(env.ls().is_empty(), "ls: {:?}", env.ls());
     assert!(env.daemon_running());
+}
+
+#[test]
+fn a_request_running_during_the_swap_finishes_on_the_old_version() {
+    let mut env = test_env!("drain");
+    env.start();
+    env.push(&["main"]);
+    // A CGI that takes a second and answers with the version it belongs to.
+    env.checkout("feature/slow");
+    let cgi = env.work.join("www/cgi-bin");
+    std::fs::create_dir_all(&cgi).unwrap();
+    std::fs::write(
+        cgi.join("slow"),
+        "#!/bin/busybox sh\n/bin/busybox sleep 1\necho 'Content-Type: text/plain'\necho\n\
+         /bin/busybox cat /www/index.html\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(cgi.join("slow"), PermissionsExt::from_mode(0o755)).unwrap();
+    env.git(&["add", "www/cgi-bin/slow"]);
+    env.commit_site("feature/slow", "v1\n");
+    env.push(&["feature/slow"]);
+    env.wait_for_body("feature-slow", "v1\n", LIVE);
+    assert_eq!(
+        env.get("feature-slow", "/cgi-bin/slow"),
+        (200, "v1\n".to_owned())
+    );
+
+    // Slow requests back to back while v2 replaces v1: one is all but certainly running on v1
+    // when traffic moves, and it must still get its answer.
+    let done = AtomicBool::new(false);
+    let answers = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| {
+            let mut answers = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                answers.push(env.get("feature-slow", "/cgi-bin/slow"));
+            }
+            answers
+        });
+        env.commit_site("feature/slow", "v2\n");
+        env.push(&["feature/slow"]);
+        env.wait_for_body("feature-slow", "v2\n", LIVE);
+        eventually(LIVE, "the old container is removed", || {
+            let containers = env.objects("container", &["previewd.slug=feature-slow"]);
+            (containers.len() == 1).then_some(())
+        });
+        done.store(true, Ordering::SeqCst);
+        slow.join().expect("slow requests")
+    });
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "a request during the swap failed: {body:?}");
+    }
+    assert!(
+        answers.iter().any(|(_, body)| body == "v1\n"),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().any(|(_, body)| body == "v2\n"),
+        "{answers:?}"
+    );
 }

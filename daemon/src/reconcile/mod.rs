@@ -58,6 +58,9 @@ const RETIRE_CONFIRM: Duration = Duration::from_secs(10);
 /// After a push cancels a deploy, the branch must be this quiet before the next deploy, so a
 /// burst of pushes builds its last commit once instead of every commit in turn.
 const BURST_QUIET: Duration = Duration::from_secs(1);
+/// A container superseded while it served keeps running this long after traffic moved to
+/// its successor, so requests already sent to it can finish; then it is removed.
+const SWAP_DRAIN: Duration = Duration::from_secs(3);
 /// First and longest wait before retrying a deploy the engine (not the commit) failed.
 const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -123,6 +126,9 @@ pub struct Reconciler {
     tips: BTreeMap<String, (String, Instant)>,
     /// Previews whose deploy a newer push cancelled: they deploy once pushes pause.
     bursting: BTreeSet<String>,
+    /// Superseded containers still running, by id, and since when they are: each gets
+    /// [`SWAP_DRAIN`] before it is removed.
+    draining: HashMap<String, Instant>,
     /// Expired branches already logged, so each is logged once.
     expired_reported: BTreeMap<String, Expiry>,
     /// When old build logs were last looked for.
@@ -168,6 +174,7 @@ impl Reconciler {
             logs_pruned: None,
             tips: BTreeMap::new(),
             bursting: BTreeSet::new(),
+            draining: HashMap::new(),
             patch_ids: Arc::new(Mutex::new(MergedCache::new())),
             backoff: BTreeMap::new(),
             recheck_at: None,
@@ -488,7 +495,8 @@ impl Reconciler {
     }
 
     /// Drops what must wait: removals of many previews at once until a second look agrees,
-    /// and deploys in backoff after the engine failed them.
+    /// deploys in backoff after the engine failed them, and superseded containers (with
+    /// their images) while requests sent to them before the swap may still run.
     fn hold_doubtful(&mut self, actions: &mut Vec<Action>) {
         let retiring: BTreeSet<String> = actions
             .iter()
@@ -539,6 +547,9 @@ impl Reconciler {
         if let Some(at) = next {
             self.recheck(at);
         }
+        if let Some(at) = hold_draining(&mut self.draining, actions, now) {
+            self.recheck(at);
+        }
     }
 
     fn recheck(&mut self, at: Instant) {
@@ -573,7 +584,7 @@ impl Reconciler {
         match action {
             Action::Deploy(preview) => self.start_deploy(preview),
             Action::Restart { preview, id } => self.restart(&preview, &id).await,
-            Action::RemoveContainer { slug, id } => {
+            Action::RemoveContainer { slug, id, .. } => {
                 if let Err(error) = self.runtime.remove_container(&id).await {
                     tracing::warn!(preview = %slug, %error, "cannot remove superseded container");
                 }
@@ -715,9 +726,134 @@ impl Reconciler {
     }
 }
 
+/// Keeps superseded running containers, and their previews' image removals, until each has
+/// drained for [`SWAP_DRAIN`] since it was first planned for removal (the route had already
+/// moved on: routes are published before actions run). Returns when to look again.
+fn hold_draining(
+    draining: &mut HashMap<String, Instant>,
+    actions: &mut Vec<Action>,
+    now: Instant,
+) -> Option<Instant> {
+    let superseded: BTreeSet<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RemoveContainer {
+                id, running: true, ..
+            } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    draining.retain(|id, _| superseded.contains(id.as_str()));
+    for id in superseded {
+        draining.entry(id.to_owned()).or_insert(now);
+    }
+    let mut held = BTreeSet::new();
+    let mut next: Option<Instant> = None;
+    actions.retain(|a| match a {
+        Action::RemoveContainer {
+            slug,
+            id,
+            running: true,
+        } => {
+            let until = draining.get(id).map_or(now, |since| *since + SWAP_DRAIN);
+            if until <= now {
+                return true;
+            }
+            held.insert(slug.clone());
+            next = Some(next.map_or(until, |n| n.min(until)));
+            false
+        }
+        _ => true,
+    });
+    // The image is still in use by the draining container.
+    actions.retain(|a| !matches!(a, Action::RemoveImage { slug, .. } if held.contains(slug)));
+    next
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remove_container(slug: &str, id: &str, running: bool) -> Action {
+        Action::RemoveContainer {
+            slug: slug.into(),
+            id: id.into(),
+            running,
+        }
+    }
+
+    fn remove_image(slug: &str, id: &str) -> Action {
+        Action::RemoveImage {
+            slug: slug.into(),
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn a_superseded_container_and_its_image_wait_out_the_drain() {
+        let planned = || {
+            vec![
+                remove_container("a", "old-a", true),
+                remove_image("a", "img-a"),
+                remove_container("b", "dead-b", false),
+                remove_image("b", "img-b"),
+            ]
+        };
+        let mut draining = HashMap::new();
+        let start = Instant::now();
+
+        let mut actions = planned();
+        let next = hold_draining(&mut draining, &mut actions, start);
+        assert_eq!(next, Some(start + SWAP_DRAIN));
+        // A dead container drains nothing: it and its preview's image go at once.
+        assert_eq!(
+            actions,
+            [
+                remove_container("b", "dead-b", false),
+                remove_image("b", "img-b")
+            ]
+        );
+
+        // Still draining a moment later: the clock started when it was first superseded.
+        let mut actions = planned();
+        let later = start + SWAP_DRAIN / 2;
+        assert_eq!(
+            hold_draining(&mut draining, &mut actions, later),
+            Some(start + SWAP_DRAIN)
+        );
+        assert_eq!(actions.len(), 2);
+
+        let mut actions = planned();
+        assert_eq!(
+            hold_draining(&mut draining, &mut actions, start + SWAP_DRAIN),
+            None
+        );
+        assert_eq!(actions, planned());
+    }
+
+    #[test]
+    fn a_container_no_longer_superseded_is_forgotten() {
+        let mut draining = HashMap::new();
+        let start = Instant::now();
+        let mut actions = vec![remove_container("a", "old-a", true)];
+        hold_draining(&mut draining, &mut actions, start);
+        // A pass that no longer plans its removal (it serves again, say) drops its clock, so
+        // a later supersession drains in full.
+        hold_draining(&mut draining, &mut Vec::new(), start + SWAP_DRAIN);
+        assert!(draining.is_empty());
+        let mut actions = vec![remove_container("a", "old-a", true)];
+        let again = start + SWAP_DRAIN * 2;
+        assert_eq!(
+            hold_draining(&mut draining, &mut actions, again),
+            Some(again + SWAP_DRAIN)
+        );
+        assert!(actions.is_empty());
     }
 }

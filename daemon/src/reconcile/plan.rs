@@ -58,8 +58,13 @@ pub enum Action {
     Deploy(PreviewRef),
     /// The tip's container stopped: start it again (within a budget the caller keeps).
     Restart { preview: PreviewRef, id: String },
-    /// A container the preview no longer needs: superseded by a live newer one, or dead.
-    RemoveContainer { slug: String, id: String },
+    /// A container the preview no longer needs: superseded by a live newer one (`running`),
+    /// or dead.
+    RemoveContainer {
+        slug: String,
+        id: String,
+        running: bool,
+    },
     /// An image tag (or, untagged, an image id) no container of the preview uses and that is
     /// not the wanted commit's.
     RemoveImage { slug: String, id: String },
@@ -223,6 +228,7 @@ pub fn plan(world: &World<'_>) -> Vec<Action> {
             actions.push(Action::RemoveContainer {
                 slug: slug.clone(),
                 id: c.id.clone(),
+                running: c.running,
             });
         }
         let kept = |tag: &str| {
@@ -577,7 +583,8 @@ mod tests {
             vec![
                 Action::RemoveContainer {
                     slug: "a".into(),
-                    id: "old".into()
+                    id: "old".into(),
+                    running: true,
                 },
                 Action::RemoveImage {
                     slug: "a".into(),
@@ -683,7 +690,8 @@ mod tests {
             case.run(plan),
             vec![Action::RemoveContainer {
                 slug: "a".into(),
-                id: "old".into()
+                id: "old".into(),
+                running: false,
             }]
         );
     }
@@ -719,7 +727,8 @@ mod tests {
             vec![
                 Action::RemoveContainer {
                     slug: "a".into(),
-                    id: "old".into()
+                    id: "old".into(),
+                    running: true,
                 },
                 Action::RemoveImage {
                     slug: "a".into(),
