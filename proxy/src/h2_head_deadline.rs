@@ -37,6 +37,8 @@ pub(crate) struct H2HeadDeadline<T> {
     scanner: FrameScanner,
     /// Since when the client has been in the middle of a head, if it is.
     head_since: Option<Instant>,
+    /// `scanner.heads_begun` when `head_since` was set: a later head gets a clock of its own.
+    head_number: u64,
     /// Armed for `head_since + timeout`; made on the first slow head.
     deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -49,18 +51,21 @@ impl<T> H2HeadDeadline<T> {
             timeout,
             scanner: FrameScanner::default(),
             head_since: Some(Instant::now()),
+            head_number: 0,
             deadline: None,
         }
     }
 
-    /// Starts or stops the head clock after `scanner` has seen new bytes.
-    /// The timer is touched only when a read ends inside a head, which a
-    /// client sending whole frames rarely causes.
+    /// Starts, restarts or stops the head clock after `scanner` has seen new
+    /// bytes: a read that finishes one head and begins the next starts the
+    /// next one's clock afresh. The timer itself is touched only when a read
+    /// ends inside a head, which a client sending whole frames rarely causes.
     fn track(&mut self) {
-        match (self.scanner.mid_head(), self.head_since) {
-            (false, _) => self.head_since = None,
-            (true, Some(_)) => {}
-            (true, None) => self.head_since = Some(Instant::now()),
+        if !self.scanner.mid_head() {
+            self.head_since = None;
+        } else if self.head_since.is_none() || self.head_number != self.scanner.heads_begun {
+            self.head_since = Some(Instant::now());
+            self.head_number = self.scanner.heads_begun;
         }
     }
 
@@ -145,6 +150,9 @@ struct FrameScanner {
     /// A HEADERS or PUSH_PROMISE frame without END_HEADERS was seen and the
     /// CONTINUATION that carries END_HEADERS has not been read to its end.
     in_header_block: bool,
+    /// Heads begun after the preface: every frame but those that continue an
+    /// open header block, which share that block's clock.
+    heads_begun: u64,
 }
 
 #[derive(Debug)]
@@ -170,6 +178,7 @@ impl Default for FrameScanner {
         Self {
             at: Position::Preface(0),
             in_header_block: false,
+            heads_begun: 0,
         }
     }
 }
@@ -200,6 +209,9 @@ impl FrameScanner {
                     seen,
                     bytes: header,
                 } => {
+                    if *seen == 0 && !self.in_header_block {
+                        self.heads_begun += 1;
+                    }
                     let take = (FRAME_HEADER_LEN - *seen).min(bytes.len());
                     header[*seen..*seen + take].copy_from_slice(&bytes[..take]);
                     *seen += take;
@@ -343,6 +355,38 @@ mod tests {
         let err = tokio::io::AsyncReadExt::read(&mut server, &mut buf)
             .await
             .expect_err("overdue");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_head_gets_the_whole_timeout() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = H2HeadDeadline::new(server, Duration::from_secs(1));
+        let mut buf = [0u8; 64];
+        // The preface ends and a frame header begins in the same read, late in the
+        // preface's second: the new head must still get a second of its own.
+        tokio::io::AsyncWriteExt::write_all(&mut client, &PREFACE[..20])
+            .await
+            .expect("write");
+        let read = tokio::io::AsyncReadExt::read(&mut server, &mut buf).await;
+        assert_eq!(read.expect("start of the preface"), 20);
+        tokio::time::advance(Duration::from_millis(900)).await;
+        let mut rest = PREFACE[20..].to_vec();
+        rest.extend(&frame(0x4, 0, 0)[..3]);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &rest)
+            .await
+            .expect("write");
+        let read = tokio::io::AsyncReadExt::read(&mut server, &mut buf).await;
+        assert_eq!(read.expect("end of the preface, start of SETTINGS"), 7);
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::io::AsyncReadExt::read(&mut server, &mut buf),
+        )
+        .await;
+        assert!(waiting.is_err(), "cut off 1.4 s after the preface began");
+        let err = tokio::io::AsyncReadExt::read(&mut server, &mut buf)
+            .await
+            .expect_err("overdue once its own second is up");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -194,7 +193,9 @@ async fn serve_tls(
 /// "acme" with HTTP-01, from [`crate::CertSource`]), `GET
 /// /.well-known/acme-challenge/<token>` is answered instead: the key
 /// authorization of a challenge pending for that host, or 404. Same shutdown
-/// contract and default limits as [`serve_https`].
+/// contract and default limits as [`serve_https`]. HTTP/1 only: browsers and
+/// ACME validators never speak cleartext HTTP/2, and refusing it leaves no
+/// HTTP/2 surface without the HTTPS listener's guards.
 pub async fn serve_redirect(
     listener: TcpListener,
     domain: String,
@@ -206,17 +207,7 @@ pub async fn serve_redirect(
         .unwrap_or_else(|| domain.to_ascii_lowercase())
         .into();
     let limits = Limits::default();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(header_list_size(&limits));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(h1_builder(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let incoming = Incoming::Listener(listener);
     accept_loop(incoming, shutdown, "http", &limits, slots, move |stream, peer, drain| {

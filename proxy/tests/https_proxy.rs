@@ -299,6 +299,20 @@ async fn redirect_server_sends_our_hosts_to_https_and_refuses_others() {
     assert_eq!(evil.status, StatusCode::BAD_REQUEST);
     assert!(evil.headers.get(LOCATION).is_none());
 
+    // Cleartext HTTP/2 (prior knowledge) is not spoken at all.
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let h2c = async {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let req = Request::get("http://x.preview.test/")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        sender.send_request(req).await
+    };
+    let refused = within(10, "h2c attempt", h2c).await;
+    assert!(refused.is_err(), "answered over h2c: {refused:?}");
+
     stop.send(()).expect("server still running");
     within(15, "serve_redirect shutdown", server)
         .await

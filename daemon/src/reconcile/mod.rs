@@ -58,8 +58,8 @@ const RETIRE_CONFIRM: Duration = Duration::from_secs(10);
 /// After a push cancels a deploy, the branch must be this quiet before the next deploy, so a
 /// burst of pushes builds its last commit once instead of every commit in turn.
 const BURST_QUIET: Duration = Duration::from_secs(1);
-/// A container superseded while it served keeps running this long after traffic moved to
-/// its successor, so requests already sent to it can finish; then it is removed.
+/// A superseded container that still runs keeps running at least this long after traffic
+/// moved to its successor, so requests already sent to it can finish; then it is removed.
 const SWAP_DRAIN: Duration = Duration::from_secs(3);
 /// First and longest wait before retrying a deploy the engine (not the commit) failed.
 const BACKOFF_FIRST: Duration = Duration::from_secs(2);
