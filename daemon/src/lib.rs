@@ -5,7 +5,6 @@
 //! resync all run the same pass of [`reconcile`] — read git ([`mirror`]), read Docker
 //! ([`docker`]), plan, apply — and publish a new route table to the embedded proxy.
 
-mod atomic;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -107,7 +107,8 @@ pub fn install_hook(mirror: &Path, script: &str) -> Result<(), MirrorError> {
         return Ok(());
     }
     std::fs::create_dir_all(&hooks).map_err(err)?;
-    crate::atomic::write(&path, script.as_bytes(), 0o755).map_err(err)
+    previewd_proxy::atomic_file::write(&hooks, "post-receive", script.as_bytes(), 0o755)
+        .map_err(|failed| err(failed.source))
 }
 
 /// Reads every branch's tip and decides which ones want a preview.

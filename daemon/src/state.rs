@@ -28,7 +28,7 @@ impl Records {
     }
 
     fn failed_path(&self, slug: &str) -> PathBuf {
-        self.dir.join(format!("{slug}.failed.json"))
+        self.dir.join(failed_name(slug))
     }
 
     /// Every failed-build record, by slug. Unreadable files are renamed to `*.corrupt`.
@@ -64,7 +64,8 @@ impl Records {
     pub fn save_failed(&self, slug: &str, record: &FailedBuild) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-        crate::atomic::write(&self.failed_path(slug), &bytes, 0o644)
+        previewd_proxy::atomic_file::write(&self.dir, &failed_name(slug), &bytes, 0o644)
+            .map_err(std::io::Error::other)
     }
 
     /// Build logs last written longer than `age` ago.
@@ -113,6 +114,11 @@ impl Records {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A failed build's record file, in the state dir.
+fn failed_name(slug: &str) -> String {
+    format!("{slug}.failed.json")
 }
 
 #[cfg(test)]

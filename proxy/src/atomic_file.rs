@@ -1,6 +1,7 @@
 //! Writing a file in the state dir so that a crash leaves either the old or
 //! the whole new content, and a key is never readable by others, not even
-//! for a moment. It knows nothing of what the files mean.
+//! for a moment. It knows nothing of what the files mean; the daemon uses it
+//! for its own records too.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -20,7 +21,7 @@ pub struct WriteError {
 
 /// Writes `dir/name`: temp file created with `mode` from the start, fsync,
 /// rename over the target, fsync of the directory.
-pub(crate) fn write(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<(), WriteError> {
+pub fn write(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<(), WriteError> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let target = dir.join(name);
     let at = |path: &Path| {
@@ -44,4 +45,30 @@ pub(crate) fn write(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Resul
     drop(file);
     fs::rename(&tmp, &target).map_err(at(&target))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn replaces_content_sets_mode_and_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A temp file a crash left, readable by all: replaced, never reused.
+        let stale = tmp.path().join(".record.json.tmp");
+        fs::write(&stale, b"stale").expect("stale temp file");
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o666)).expect("chmod");
+        write(tmp.path(), "record.json", b"one", 0o600).expect("first write");
+        write(tmp.path(), "record.json", b"two", 0o600).expect("second write");
+        let path = tmp.path().join("record.json");
+        assert_eq!(fs::read(&path).expect("read"), b"two");
+        let mode = fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .expect("read_dir")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["record.json"]);
+    }
 }

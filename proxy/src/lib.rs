@@ -6,7 +6,7 @@
 //! the daemon hands it a [`SharedRoutes`] table and a [`TlsMode`].
 
 mod acme;
-mod atomic_file;
+pub mod atomic_file;
 mod ca;
 mod cert_files;
 mod cert_source;
