@@ -5,13 +5,10 @@
 //! which another parser could frame differently; we refuse them instead.
 //! It never changes a byte and must not decide anything beyond "ambiguous".
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use crate::read_watch::{ReadWatch, Watcher};
 
 /// Longest line prefix kept: enough for any header name we look at and a
 /// `Content-Length` or chunk size with generous whitespace.
@@ -47,66 +44,12 @@ impl FramingVerdicts {
     }
 }
 
-/// `inner` with every byte read also fed to the framing scanner.
-#[derive(Debug)]
-pub(crate) struct FramingWatch<T> {
-    inner: T,
-    scanner: Scanner,
-}
-
-impl<T> FramingWatch<T> {
-    /// Wraps `inner`; the verdicts are shared with the connection's handler.
-    pub(crate) fn new(inner: T) -> (Self, Arc<FramingVerdicts>) {
-        let verdicts = Arc::new(FramingVerdicts::new());
-        let scanner = Scanner::new(verdicts.clone());
-        (Self { inner, scanner }, verdicts)
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for FramingWatch<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            this.scanner.feed(&buf.filled()[before..]);
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for FramingWatch<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
+/// `inner` with every byte read also fed to the framing scanner; the
+/// verdicts are shared with the connection's handler.
+pub(crate) fn watch<T>(inner: T) -> (ReadWatch<T, Scanner>, Arc<FramingVerdicts>) {
+    let verdicts = Arc::new(FramingVerdicts::new());
+    let scanner = Scanner::new(verdicts.clone());
+    (ReadWatch::new(inner, scanner), verdicts)
 }
 
 /// Where in the request stream the scanner is.
@@ -138,8 +81,9 @@ struct Head {
     switches: bool,
 }
 
+/// The framing reader itself: a request stream's state, line by line.
 #[derive(Debug)]
-struct Scanner {
+pub(crate) struct Scanner {
     state: State,
     /// The current line's first `MAX_LINE` bytes, without the line end.
     line: Vec<u8>,
@@ -256,6 +200,12 @@ impl Scanner {
         }
         head.lines += 1;
         State::Head(head)
+    }
+}
+
+impl Watcher for Scanner {
+    fn seen(&mut self, bytes: &[u8]) {
+        self.feed(bytes);
     }
 }
 

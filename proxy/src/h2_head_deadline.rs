@@ -16,8 +16,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::read_watch::{ReadWatch, Watcher};
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER_LEN: usize = 9;
@@ -27,27 +28,30 @@ const PUSH_PROMISE: u8 = 0x5;
 const CONTINUATION: u8 = 0x9;
 const END_HEADERS: u8 = 0x4;
 
-/// `inner` (an HTTP/2 connection's plaintext stream) whose reads fail with
-/// `TimedOut` once the client has been in the middle of a head for longer
-/// than `timeout`.
+/// `inner` (an HTTP/2 connection's plaintext stream, right after the TLS
+/// handshake: the preface is due now) whose reads fail with `TimedOut` once
+/// the client has been in the middle of a head for longer than `timeout`.
+pub(crate) fn watch<T>(inner: T, timeout: Duration) -> ReadWatch<T, HeadClock> {
+    ReadWatch::new(inner, HeadClock::new(timeout))
+}
+
+/// Times each head the frame scanner sees.
 #[derive(Debug)]
-pub(crate) struct H2HeadDeadline<T> {
-    inner: T,
+pub(crate) struct HeadClock {
     timeout: Duration,
     scanner: FrameScanner,
     /// Since when the client has been in the middle of a head, if it is.
     head_since: Option<Instant>,
-    /// `scanner.heads_begun` when `head_since` was set: a later head gets a clock of its own.
+    /// `scanner.heads_begun` when `head_since` was set: a later head gets a
+    /// clock of its own.
     head_number: u64,
     /// Armed for `head_since + timeout`; made on the first slow head.
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
-impl<T> H2HeadDeadline<T> {
-    /// Wraps `inner` right after the TLS handshake: the preface is due now.
-    pub(crate) fn new(inner: T, timeout: Duration) -> Self {
+impl HeadClock {
+    fn new(timeout: Duration) -> Self {
         Self {
-            inner,
             timeout,
             scanner: FrameScanner::default(),
             head_since: Some(Instant::now()),
@@ -55,12 +59,15 @@ impl<T> H2HeadDeadline<T> {
             deadline: None,
         }
     }
+}
 
-    /// Starts, restarts or stops the head clock after `scanner` has seen new
-    /// bytes: a read that finishes one head and begins the next starts the
-    /// next one's clock afresh. The timer itself is touched only when a read
-    /// ends inside a head, which a client sending whole frames rarely causes.
-    fn track(&mut self) {
+impl Watcher for HeadClock {
+    /// Starts, restarts or stops the head clock: a read that finishes one
+    /// head and begins the next starts the next one's clock afresh. The timer
+    /// itself is touched only when a read ends inside a head, which a client
+    /// sending whole frames rarely causes.
+    fn seen(&mut self, bytes: &[u8]) {
+        self.scanner.feed(bytes);
         if !self.scanner.mid_head() {
             self.head_since = None;
         } else if self.head_since.is_none() || self.head_number != self.scanner.heads_begun {
@@ -69,9 +76,8 @@ impl<T> H2HeadDeadline<T> {
         }
     }
 
-    /// Ready with an error once the current head is overdue; otherwise
-    /// registers the waker for its deadline.
-    fn poll_overdue(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+    /// Waiting for the client is the only moment a head can be overdue.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let Some(since) = self.head_since else {
             return Poll::Pending;
         };
@@ -88,57 +94,6 @@ impl<T> H2HeadDeadline<T> {
                 "HTTP/2 preface or header block not finished within the header read timeout",
             )
         })
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for H2HeadDeadline<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                this.scanner.feed(&buf.filled()[before..]);
-                this.track();
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            // Waiting for the client: the only moment it can be overdue.
-            Poll::Pending => this.poll_overdue(cx).map(Err),
-        }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for H2HeadDeadline<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -344,7 +299,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unfinished_head_fails_the_read_after_the_timeout() {
         let (client, server) = tokio::io::duplex(1024);
-        let mut server = H2HeadDeadline::new(server, Duration::from_secs(1));
+        let mut server = watch(server, Duration::from_secs(1));
         let mut client = client;
         tokio::io::AsyncWriteExt::write_all(&mut client, &PREFACE[..10])
             .await
@@ -361,7 +316,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn each_head_gets_the_whole_timeout() {
         let (mut client, server) = tokio::io::duplex(1024);
-        let mut server = H2HeadDeadline::new(server, Duration::from_secs(1));
+        let mut server = watch(server, Duration::from_secs(1));
         let mut buf = [0u8; 64];
         // The preface ends and a frame header begins in the same read, late in the
         // preface's second: the new head must still get a second of its own.
@@ -393,7 +348,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_finished_head_leaves_reads_waiting() {
         let (client, server) = tokio::io::duplex(1024);
-        let mut server = H2HeadDeadline::new(server, Duration::from_secs(1));
+        let mut server = watch(server, Duration::from_secs(1));
         let mut client = client;
         tokio::io::AsyncWriteExt::write_all(&mut client, PREFACE)
             .await

@@ -26,6 +26,7 @@ mod own_upstream;
 mod pages;
 mod pem_pair;
 mod per_thread;
+mod read_watch;
 mod redirect;
 mod routes;
 mod serve;

@@ -23,8 +23,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::acme::Http01Responder;
 use crate::deadline_io::DeadlineIo;
 use crate::forward::{upstream_client, UPSTREAM_MAX_BUF};
-use crate::framing::FramingWatch;
-use crate::h2_head_deadline::H2HeadDeadline;
+use crate::framing;
+use crate::h2_head_deadline;
 use crate::handle::{handle, Peer, Proxy};
 use crate::host::normalize_host;
 use crate::incoming::Incoming;
@@ -155,13 +155,13 @@ async fn serve_tls(
         })
     };
     let ended = if is_h2 {
-        let stream = H2HeadDeadline::new(stream, limits.header_read_timeout);
+        let stream = h2_head_deadline::watch(stream, limits.header_read_timeout);
         let conn = https
             .h2
             .serve_connection(TokioIo::new(stream), service(client));
         until_drained(pin!(conn), drain.clone(), |conn| conn.graceful_shutdown()).await
     } else {
-        let (stream, verdicts) = FramingWatch::new(stream);
+        let (stream, verdicts) = framing::watch(stream);
         let (own_upstream, upstreams) =
             OwnUpstream::new(limits.upstream_connect_timeout, UPSTREAM_MAX_BUF);
         client.tunnels = Some(tunnel_tx);
