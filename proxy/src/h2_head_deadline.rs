@@ -227,6 +227,7 @@ impl FrameScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -298,18 +299,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unfinished_head_fails_the_read_after_the_timeout() {
-        let (client, server) = tokio::io::duplex(1024);
+        let (mut client, server) = tokio::io::duplex(1024);
         let mut server = watch(server, Duration::from_secs(1));
-        let mut client = client;
-        tokio::io::AsyncWriteExt::write_all(&mut client, &PREFACE[..10])
-            .await
-            .expect("write");
+        client.write_all(&PREFACE[..10]).await.expect("write");
         let mut buf = [0u8; 64];
-        let read = tokio::io::AsyncReadExt::read(&mut server, &mut buf).await;
+        let read = server.read(&mut buf).await;
         assert_eq!(read.expect("first bytes"), 10);
-        let err = tokio::io::AsyncReadExt::read(&mut server, &mut buf)
-            .await
-            .expect_err("overdue");
+        let err = server.read(&mut buf).await.expect_err("overdue");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
@@ -320,26 +316,19 @@ mod tests {
         let mut buf = [0u8; 64];
         // The preface ends and a frame header begins in the same read, late in the
         // preface's second: the new head must still get a second of its own.
-        tokio::io::AsyncWriteExt::write_all(&mut client, &PREFACE[..20])
-            .await
-            .expect("write");
-        let read = tokio::io::AsyncReadExt::read(&mut server, &mut buf).await;
+        client.write_all(&PREFACE[..20]).await.expect("write");
+        let read = server.read(&mut buf).await;
         assert_eq!(read.expect("start of the preface"), 20);
         tokio::time::advance(Duration::from_millis(900)).await;
         let mut rest = PREFACE[20..].to_vec();
         rest.extend(&frame(0x4, 0, 0)[..3]);
-        tokio::io::AsyncWriteExt::write_all(&mut client, &rest)
-            .await
-            .expect("write");
-        let read = tokio::io::AsyncReadExt::read(&mut server, &mut buf).await;
+        client.write_all(&rest).await.expect("write");
+        let read = server.read(&mut buf).await;
         assert_eq!(read.expect("end of the preface, start of SETTINGS"), 7);
-        let waiting = tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::io::AsyncReadExt::read(&mut server, &mut buf),
-        )
-        .await;
+        let waiting = tokio::time::timeout(Duration::from_millis(500), server.read(&mut buf)).await;
         assert!(waiting.is_err(), "cut off 1.4 s after the preface began");
-        let err = tokio::io::AsyncReadExt::read(&mut server, &mut buf)
+        let err = server
+            .read(&mut buf)
             .await
             .expect_err("overdue once its own second is up");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -347,20 +336,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_finished_head_leaves_reads_waiting() {
-        let (client, server) = tokio::io::duplex(1024);
+        let (mut client, server) = tokio::io::duplex(1024);
         let mut server = watch(server, Duration::from_secs(1));
-        let mut client = client;
-        tokio::io::AsyncWriteExt::write_all(&mut client, PREFACE)
-            .await
-            .expect("write");
+        client.write_all(PREFACE).await.expect("write");
         let mut buf = [0u8; 64];
-        let read = tokio::io::AsyncReadExt::read(&mut server, &mut buf).await;
+        let read = server.read(&mut buf).await;
         assert_eq!(read.expect("preface"), PREFACE_LEN);
-        let waiting = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::io::AsyncReadExt::read(&mut server, &mut buf),
-        )
-        .await;
+        let waiting = tokio::time::timeout(Duration::from_secs(60), server.read(&mut buf)).await;
         assert!(waiting.is_err(), "an idle connection is not a slow head");
     }
 }
