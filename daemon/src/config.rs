@@ -112,6 +112,7 @@ struct FileProxy {
     write_timeout_s: Option<u64>,
     upstream_connect_timeout_s: Option<u64>,
     upstream_response_timeout_s: Option<u64>,
+    client_body_timeout_s: Option<u64>,
     max_connections: Option<usize>,
     h2_max_concurrent_streams: Option<u32>,
     drain_timeout_s: Option<u64>,
@@ -343,6 +344,7 @@ fn proxy_limits(file: FileProxy) -> Result<Limits, ConfigError> {
             file.upstream_response_timeout_s,
             d.upstream_response_timeout,
         ),
+        client_body_timeout: secs(file.client_body_timeout_s, d.client_body_timeout),
         max_connections: file.max_connections.unwrap_or(d.max_connections),
         h2_max_concurrent_streams: file
             .h2_max_concurrent_streams
@@ -357,6 +359,7 @@ fn proxy_limits(file: FileProxy) -> Result<Limits, ConfigError> {
         limits.write_timeout,
         limits.upstream_connect_timeout,
         limits.upstream_response_timeout,
+        limits.client_body_timeout,
     ];
     if timeouts.iter().any(Duration::is_zero) {
         return Err(ConfigError::Proxy(
@@ -613,6 +616,7 @@ mod tests {
             r#"
             [proxy]
             header_read_timeout_s = 3
+            client_body_timeout_s = 20
             max_header_bytes = 16384
             max_uri_bytes = 2048
             max_connections = 500
@@ -623,6 +627,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.proxy.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.proxy.client_body_timeout, Duration::from_secs(20));
         assert_eq!(c.proxy.max_header_bytes, 16384);
         assert_eq!(c.proxy.max_uri_bytes, 2048);
         assert_eq!(c.proxy.max_connections, 500);

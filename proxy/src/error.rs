@@ -6,12 +6,15 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
+use crate::conformance::Refusal;
+
 /// Why the proxy answers a request itself instead of relaying an upstream.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProxyError {
-    /// No `Host`/`:authority`, or one that is not a host name.
-    #[error("request has no valid host")]
-    BadHost,
+    /// The request breaks a rule of HTTP (RFC 9112, 9110, 9113) and is
+    /// refused before it reaches any upstream.
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
     /// The request names another host than the TLS handshake (SNI) did, so
     /// the certificate the client checked was not for this host.
     #[error("request host {host} does not match the TLS server name {sni}")]
@@ -21,20 +24,19 @@ pub(crate) enum ProxyError {
         /// Normalized SNI of the connection.
         sni: String,
     },
-    /// The request target is longer than the limit allows.
-    #[error("request target of {len} bytes exceeds the limit of {max}")]
-    UriTooLong {
-        /// Bytes in the request target.
-        len: usize,
-        /// The configured limit.
-        max: usize,
+    /// The client's request body was not a valid body (bad chunk framing,
+    /// a bad trailer, cut short); the upstream got no complete request.
+    #[error("the request body is malformed: {reason}")]
+    ClientBody {
+        /// What the body reader found wrong.
+        reason: String,
     },
-    /// The request's framing could be read more than one way (request
-    /// smuggling shapes hyper lets through); it is never forwarded.
-    #[error("ambiguous request framing: {reason}")]
-    AmbiguousFraming {
-        /// What was wrong, for the log.
-        reason: &'static str,
+    /// The client stopped sending its request body while the upstream
+    /// waited for it.
+    #[error("the request body stopped arriving for {}s", timeout.as_secs())]
+    ClientBodyTimeout {
+        /// How long nothing came.
+        timeout: Duration,
     },
     /// The host is valid but no preview lives there.
     #[error("no preview for this host")]
@@ -91,6 +93,14 @@ pub(crate) enum ProxyError {
         /// The route's upstream.
         upstream: SocketAddr,
     },
+    /// The upstream stopped reading the request body.
+    #[error("upstream {upstream} read none of the request body for {}s", timeout.as_secs())]
+    UpstreamStoppedReading {
+        /// The route's upstream.
+        upstream: SocketAddr,
+        /// How long it read nothing.
+        timeout: Duration,
+    },
     /// The upstream did not send response headers in time.
     #[error("upstream {upstream} did not answer within {}s", timeout.as_secs())]
     UpstreamTimeout {
@@ -106,10 +116,10 @@ impl ProxyError {
     /// decide its status here.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(refusal) => refusal.status(),
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
-            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            ProxyError::AmbiguousFraming { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UnknownHost => StatusCode::NOT_FOUND,
             ProxyError::Building { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Failed { .. } => StatusCode::BAD_GATEWAY,
@@ -118,29 +128,66 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamRequest { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UnexpectedUpgrade { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamStoppedReading { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
-    /// True for failures of a live preview, which deserve a warning; the
-    /// rest are ordinary answers.
-    pub(crate) fn is_upstream_failure(&self) -> bool {
+    /// Which side is to blame: the status pages and the logs say so.
+    pub(crate) fn fault(&self) -> Fault {
         match self {
-            ProxyError::BadHost
+            ProxyError::Refused(_)
             | ProxyError::Misdirected { .. }
-            | ProxyError::UriTooLong { .. }
-            | ProxyError::AmbiguousFraming { .. }
-            | ProxyError::UnknownHost
+            | ProxyError::ClientBody { .. }
+            | ProxyError::ClientBodyTimeout { .. } => Fault::Client,
+            ProxyError::UnknownHost
             | ProxyError::Building { .. }
             | ProxyError::Failed { .. }
-            | ProxyError::Gone => false,
+            | ProxyError::Gone => Fault::Neither,
             ProxyError::UpstreamUri { .. }
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamRequest { .. }
             | ProxyError::UnexpectedUpgrade { .. }
-            | ProxyError::UpstreamTimeout { .. } => true,
+            | ProxyError::UpstreamStoppedReading { .. }
+            | ProxyError::UpstreamTimeout { .. } => Fault::Upstream,
         }
     }
+
+    /// Whether an HTTP/1 connection must end after this answer: after a
+    /// request whose framing or syntax was wrong, what follows on the
+    /// connection cannot be trusted to start a new request (RFC 9112 6.1,
+    /// 6.3, 9.6); a 408 ends it (RFC 9110 15.5.9); and a body given up
+    /// half-read leaves nothing a next request could start at.
+    pub(crate) fn ends_connection(&self) -> bool {
+        match self {
+            // Each leaves the client's bytes, or some of them, unread.
+            ProxyError::Refused(_)
+            | ProxyError::ClientBody { .. }
+            | ProxyError::ClientBodyTimeout { .. }
+            | ProxyError::UpstreamStoppedReading { .. } => true,
+            ProxyError::Misdirected { .. }
+            | ProxyError::UnknownHost
+            | ProxyError::Building { .. }
+            | ProxyError::Failed { .. }
+            | ProxyError::Gone
+            | ProxyError::UpstreamUri { .. }
+            | ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamRequest { .. }
+            | ProxyError::UnexpectedUpgrade { .. }
+            | ProxyError::UpstreamTimeout { .. } => false,
+        }
+    }
+}
+
+/// Who caused an answer the proxy gave itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// What the client sent (4xx).
+    Client,
+    /// The preview's app (502, 504).
+    Upstream,
+    /// Nobody: the preview is building, failed to build, is gone or unknown.
+    Neither,
 }
 
 #[cfg(test)]
@@ -151,7 +198,27 @@ mod tests {
     fn statuses() {
         let upstream: SocketAddr = ([127, 0, 0, 1], 1).into();
         let cases = [
-            (ProxyError::BadHost, 400),
+            (ProxyError::Refused(Refusal::MissingHost), 400),
+            (ProxyError::Refused(Refusal::Connect), 501),
+            (
+                ProxyError::ClientBody {
+                    reason: "invalid chunk size".into(),
+                },
+                400,
+            ),
+            (
+                ProxyError::ClientBodyTimeout {
+                    timeout: Duration::from_secs(60),
+                },
+                408,
+            ),
+            (
+                ProxyError::UpstreamStoppedReading {
+                    upstream,
+                    timeout: Duration::from_secs(60),
+                },
+                504,
+            ),
             (
                 ProxyError::Misdirected {
                     host: "a.test".into(),
@@ -160,12 +227,9 @@ mod tests {
                 421,
             ),
             (ProxyError::UnknownHost, 404),
-            (ProxyError::UriTooLong { len: 9, max: 8 }, 414),
             (
-                ProxyError::AmbiguousFraming {
-                    reason: "transfer-encoding",
-                },
-                400,
+                ProxyError::Refused(Refusal::TargetTooLong { len: 9, max: 8 }),
+                414,
             ),
             (ProxyError::UnexpectedUpgrade { upstream }, 502),
             (

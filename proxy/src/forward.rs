@@ -11,7 +11,7 @@ use http::header::{self, HeaderName, HOST};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -19,9 +19,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::error::ProxyError;
 use crate::host::RequestHost;
 use crate::limits::Limits;
+use crate::max_forwards;
 use crate::own_upstream::OwnUpstream;
 use crate::pages::{self, ProxyBody};
+use crate::request_body::{unless_stalled, RequestBody, Stall};
 use crate::tunnel::{PendingSwitch, WEBSOCKET};
+use crate::upstream_io::{UpstreamConnector, UpstreamDeadlines};
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -31,7 +34,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) const UPSTREAM_MAX_BUF: usize = 32 * 1024;
 
 /// The one pooled HTTP/1.1 client all forwarded requests share.
-pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
+pub(crate) type UpstreamClient = Client<UpstreamConnector, RequestBody>;
 
 /// Headers that describe one hop, not the message (RFC 9110 7.6.1), plus the
 /// proxy-auth pair: none of them may be relayed.
@@ -51,11 +54,27 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Builds the shared upstream client (connect timeout, `TCP_NODELAY`, pooled).
+/// The deadlines of every upstream connection: silent as long as a client
+/// connection may be, and writes may wait twice the response timeout. The
+/// request's own clock (`request_body`) answers a stalled upload after one
+/// response timeout; this then frees the connection the upload was on.
+pub(crate) fn upstream_deadlines(limits: &Limits) -> UpstreamDeadlines {
+    UpstreamDeadlines {
+        idle: limits.idle_timeout,
+        write: limits.upstream_response_timeout.saturating_mul(2),
+    }
+}
+
+/// Builds the shared upstream client (connect timeout, `TCP_NODELAY`,
+/// deadlines, pooled).
 pub(crate) fn upstream_client(limits: &Limits) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
-    connector.set_nodelay(true);
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(limits.upstream_connect_timeout));
+    tcp.set_nodelay(true);
+    let connector = UpstreamConnector {
+        tcp,
+        deadlines: upstream_deadlines(limits),
+    };
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -70,35 +89,82 @@ pub(crate) fn upstream_client(limits: &Limits) -> UpstreamClient {
 /// forwarded with `Connection: upgrade` and `Upgrade: websocket`; only if the
 /// upstream answers 101 is the switch handed to the connection as a tunnel.
 /// Any other answer is relayed as is, and no tunnel exists.
+///
+/// A failure of the request body is the client's ([`ProxyError::ClientBody`],
+/// [`ProxyError::ClientBodyTimeout`]); anything else that goes wrong before
+/// the response head arrives is the upstream's.
 pub(crate) async fn forward(
     via: Via<'_>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     upstream: SocketAddr,
     client_ip: IpAddr,
     host: &RequestHost,
-    response_timeout: Duration,
+    limits: &Limits,
     switch: Option<PendingSwitch>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let websocket = switch.as_ref().is_some_and(|switch| switch.websocket);
+    let (mut parts, body) = req.into_parts();
+    let (body, watch) = RequestBody::new(body);
+    let received = parts.version;
     // The upstream speaks HTTP/1.1 whatever the client spoke; the pooled
     // client refuses an HTTP/2 request on an HTTP/1 connection.
-    *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
+    parts.version = Version::HTTP_11;
+    let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     if websocket {
         set_upgrade_headers(headers);
     }
-    set_forwarding_headers(headers, client_ip, host);
+    if received == Version::HTTP_2 {
+        join_cookies(headers);
+    }
+    set_content_length(headers, &body);
+    max_forwards::decrement(&parts.method, headers);
+    set_forwarding_headers(headers, client_ip, host, received);
+    let req = Request::from_parts(parts, body);
 
     let sent = via.send(req, upstream, switch.is_some());
-    let mut response = match tokio::time::timeout(response_timeout, sent).await {
-        Err(_elapsed) => {
+    let response_timeout = limits.upstream_response_timeout;
+    let outcome = match &watch {
+        None => tokio::time::timeout(response_timeout, sent)
+            .await
+            .map_err(|_elapsed| Stall::UpstreamResponse),
+        Some(watch) => {
+            unless_stalled(sent, watch, limits.client_body_timeout, response_timeout).await
+        }
+    };
+    let mut response = match outcome {
+        Ok(Ok(response)) => {
+            // An early answer (a 413, a streamed reply): the body may still
+            // stall, and must not hold both connections for ever.
+            if let Some(watch) = &watch {
+                watch.watch_after_response(limits.client_body_timeout, response_timeout);
+            }
+            response
+        }
+        Ok(Err(err)) => {
+            // The exchange failed because the client's body did: its fault.
+            return Err(match watch.and_then(|watch| watch.client_failure()) {
+                Some(reason) => ProxyError::ClientBody { reason },
+                None => err,
+            });
+        }
+        Err(Stall::Client) => {
+            return Err(ProxyError::ClientBodyTimeout {
+                timeout: limits.client_body_timeout,
+            })
+        }
+        Err(Stall::UpstreamNotReading) => {
+            return Err(ProxyError::UpstreamStoppedReading {
+                upstream,
+                timeout: response_timeout,
+            })
+        }
+        Err(Stall::UpstreamResponse) => {
             return Err(ProxyError::UpstreamTimeout {
                 upstream,
                 timeout: response_timeout,
             })
         }
-        Ok(result) => result?,
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upgrade = hyper::upgrade::on(&mut response);
@@ -132,7 +198,7 @@ impl Via<'_> {
     /// whose connections hyper can hand over as a tunnel.
     async fn send(
         self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         upstream: SocketAddr,
         upgrade: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
@@ -227,8 +293,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sets `Host` and the forwarding headers, replacing whatever the client sent
-/// (a client must not be able to claim another address).
-fn set_forwarding_headers(headers: &mut HeaderMap, client_ip: IpAddr, host: &RequestHost) {
+/// (a client must not be able to claim another address), and adds this hop
+/// to `Via` (RFC 9110 7.6.3: a gateway MUST, with the protocol it received).
+fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    host: &RequestHost,
+    received: Version,
+) {
     // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
     let client_ip = client_ip.to_canonical();
     // `insert` replaces every value the client sent. `host.raw` passed host
@@ -242,6 +314,7 @@ fn set_forwarding_headers(headers: &mut HeaderMap, client_ip: IpAddr, host: &Req
         headers.remove(X_FORWARDED_HOST);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    headers.append(header::VIA, HeaderValue::from_static(via_entry(received)));
     for (name, value) in [
         (X_FORWARDED_FOR, client_ip.to_string()),
         (header::FORWARDED, forwarded_value(client_ip, &host.raw)),
@@ -250,6 +323,47 @@ fn set_forwarding_headers(headers: &mut HeaderMap, client_ip: IpAddr, host: &Req
             Ok(value) => headers.insert(name, value),
             Err(_) => headers.remove(name),
         };
+    }
+}
+
+/// This hop's `Via` entry: the protocol version received, and a pseudonym
+/// instead of a host name (RFC 9110 7.6.3 allows one).
+fn via_entry(received: Version) -> &'static str {
+    match received {
+        Version::HTTP_09 => "0.9 previewd",
+        Version::HTTP_10 => "1.0 previewd",
+        Version::HTTP_2 => "2 previewd",
+        Version::HTTP_3 => "3 previewd",
+        _ => "1.1 previewd",
+    }
+}
+
+/// RFC 9113 8.2.3: HTTP/2 may split `Cookie` into several fields; before
+/// they go on an HTTP/1.1 connection they MUST be joined with "; ".
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for cookie in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    // Each part was a valid value, and "; " keeps it one.
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
+/// Writes `Content-Length` as the one number hyper read it as (no leading
+/// zeros, no list), so the upstream cannot read a length of its own.
+fn set_content_length(headers: &mut HeaderMap, body: &RequestBody) {
+    if !headers.contains_key(header::CONTENT_LENGTH) {
+        return;
+    }
+    if let Some(len) = body.size_hint().exact() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
 }
 
@@ -345,7 +459,15 @@ mod tests {
         headers.append(X_FORWARDED_FOR, HeaderValue::from_static("7.7.7.7"));
         headers.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
         let ip: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
-        set_forwarding_headers(&mut headers, ip, &host("app.preview.test:8443"));
+        headers.insert(header::VIA, HeaderValue::from_static("1.0 corporate"));
+        set_forwarding_headers(
+            &mut headers,
+            ip,
+            &host("app.preview.test:8443"),
+            Version::HTTP_2,
+        );
+        let via: Vec<_> = headers.get_all(header::VIA).iter().collect();
+        assert_eq!(via, ["1.0 corporate", "2 previewd"]);
         assert_eq!(headers.get_all(X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.1");
         assert_eq!(headers[X_FORWARDED_PROTO], "https");
@@ -355,6 +477,17 @@ mod tests {
             headers[header::FORWARDED],
             "for=192.0.2.1;proto=https;host=\"app.preview.test:8443\""
         );
+    }
+
+    #[test]
+    fn split_cookies_are_joined_in_order() {
+        let mut headers = HeaderMap::new();
+        for cookie in ["a=1", "b=2", "c=3"] {
+            headers.append(header::COOKIE, HeaderValue::from_static(cookie));
+        }
+        join_cookies(&mut headers);
+        let cookies: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::read_watch::{ReadWatch, Watcher};
+use crate::read_watch::{Cut, ReadWatch, Watcher};
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER_LEN: usize = 9;
@@ -66,7 +66,7 @@ impl Watcher for HeadClock {
     /// head and begins the next starts the next one's clock afresh. The timer
     /// itself is touched only when a read ends inside a head, which a client
     /// sending whole frames rarely causes.
-    fn seen(&mut self, bytes: &[u8]) {
+    fn seen(&mut self, bytes: &[u8]) -> Result<(), Cut> {
         self.scanner.feed(bytes);
         if !self.scanner.mid_head() {
             self.head_since = None;
@@ -74,6 +74,7 @@ impl Watcher for HeadClock {
             self.head_since = Some(Instant::now());
             self.head_number = self.scanner.heads_begun;
         }
+        Ok(())
     }
 
     /// Waiting for the client is the only moment a head can be overdue.

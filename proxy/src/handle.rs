@@ -1,22 +1,24 @@
-//! One HTTPS request: refuse what must never be forwarded (overlong targets,
-//! ambiguous framing), find its host, look the route up once, then forward
-//! to the upstream or answer with a page. Logging of failures happens here,
-//! once, where they are handled.
+//! One HTTPS request: refuse what must never be forwarded (`conformance`,
+//! and what `framing` saw in the raw bytes), find its host, look the route
+//! up once, then forward to the upstream or answer with a page. Logging of
+//! failures happens here, once, where they are handled.
 
 use std::convert::Infallible;
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{CONNECTION, TRANSFER_ENCODING};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::header::CONNECTION;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::error::ProxyError;
+use crate::conformance;
+use crate::error::{Fault, ProxyError};
 use crate::forward::{forward, UpstreamClient, Via};
 use crate::framing::FramingVerdicts;
-use crate::host::{request_host, RequestHost};
+use crate::host::RequestHost;
 use crate::limits::Limits;
+use crate::max_forwards;
 use crate::own_upstream::OwnUpstream;
 use crate::pages::{self, ProxyBody};
 use crate::routes::{Route, SharedRoutes};
@@ -57,11 +59,11 @@ pub(crate) async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // First, for every request: the verdicts are read in arrival order.
-    let ambiguous = peer
+    let scanned = peer
         .framing
         .as_deref()
-        .is_some_and(FramingVerdicts::next_is_ambiguous);
-    let host = request_host(&req);
+        .and_then(FramingVerdicts::next_refusal);
+    let version = req.version();
     // Any `Upgrade` makes hyper hand an HTTP/1.1 connection over after our
     // answer; the claim is taken here so every answer, page or relayed,
     // settles it.
@@ -70,17 +72,20 @@ pub(crate) async fn handle(
         .as_ref()
         .and_then(|tunnels| PendingSwitch::take(tunnels, &mut req));
     let asked_to_switch = switch.is_some();
-    let routed = if ambiguous {
-        Err(ProxyError::AmbiguousFraming {
-            reason: "content-length together with transfer-encoding",
-        })
-    } else {
-        route(proxy, peer, req, host.as_ref(), switch).await
+    let admitted = match scanned {
+        Some(refusal) => Err(refusal),
+        None => conformance::admit(&req, proxy.limits.max_uri_bytes),
     };
+    let (routed, host) = match admitted {
+        Ok(host) => (route(proxy, peer, req, &host, switch).await, Some(host)),
+        Err(refusal) => (Err(ProxyError::Refused(refusal)), None),
+    };
+    let mut ends_connection = false;
     let mut response = match routed {
         Ok(response) => response,
         Err(err) => {
             log(&err, peer, host.as_ref());
+            ends_connection = err.ends_connection();
             pages::page(&err)
         }
     };
@@ -91,7 +96,9 @@ pub(crate) async fn handle(
         .insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex"));
     // hyper hands an HTTP/1.1 connection over after any request that asked
     // to switch protocols, switched or not; one that did not switch ends.
-    if asked_to_switch && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+    let switch_refused = asked_to_switch && response.status() != StatusCode::SWITCHING_PROTOCOLS;
+    // HTTP/2 has no `Connection` (and a broken request only ends its stream).
+    if (switch_refused || ends_connection) && version <= Version::HTTP_11 {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -103,12 +110,9 @@ async fn route(
     proxy: &Proxy,
     peer: &Peer,
     req: Request<Incoming>,
-    host: Option<&RequestHost>,
+    host: &RequestHost,
     switch: Option<PendingSwitch>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    check_target(req.uri(), proxy.limits.max_uri_bytes)?;
-    check_framing(&req)?;
-    let host = host.ok_or(ProxyError::BadHost)?;
     // Each preview gets its own certificate, so a client never has a reason
     // to send one preview's requests over another's connection; refusing
     // keeps TLS and routing in agreement about who is being talked to.
@@ -125,6 +129,9 @@ async fn route(
     match route {
         None => Err(ProxyError::UnknownHost),
         Some(Route::Live { upstream }) => {
+            if let Some(answer) = max_forwards::final_answer(&req) {
+                return Ok(answer);
+            }
             let via = Via {
                 pool: &proxy.client,
                 own: peer.own_upstream.as_deref(),
@@ -135,7 +142,7 @@ async fn route(
                 upstream,
                 peer.addr.ip(),
                 host,
-                proxy.limits.upstream_response_timeout,
+                &proxy.limits,
                 switch,
             )
             .await
@@ -146,53 +153,20 @@ async fn route(
     }
 }
 
-/// 414 for a request target longer than `max` bytes (hyper's own limit is
-/// 64 KiB, and only on HTTP/1).
-fn check_target(uri: &Uri, max: usize) -> Result<(), ProxyError> {
-    let len = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-    if len > max {
-        return Err(ProxyError::UriTooLong { len, max });
-    }
-    Ok(())
-}
-
-/// Refuses HTTP/1 framing that hyper accepts but that another parser could
-/// read differently. hyper already refuses (400) differing or non-numeric
-/// `Content-Length`, a `Transfer-Encoding` whose last coding is not
-/// `chunked`, `Transfer-Encoding` on HTTP/1.0, obs-fold and whitespace before
-/// the colon. Left for us: a `Transfer-Encoding` that is anything but one
-/// plain `chunked` (`gzip, chunked`, `chunked, chunked`, two fields), which
-/// we could not relay faithfully anyway since the upstream hop re-frames.
-fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
-    if req.version() > Version::HTTP_11 {
-        return Ok(());
-    }
-    let mut codings = req.headers().get_all(TRANSFER_ENCODING).iter();
-    match (codings.next(), codings.next()) {
-        (None, _) => Ok(()),
-        (Some(only), None)
-            if only
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"chunked") =>
-        {
-            Ok(())
-        }
-        _ => Err(ProxyError::AmbiguousFraming {
-            reason: "transfer-encoding other than a single chunked",
-        }),
-    }
-}
-
 fn log(err: &ProxyError, peer: &Peer, host: Option<&RequestHost>) {
     let host = host.map_or("", |h| h.name.as_str());
     let peer = peer.addr;
-    if err.is_upstream_failure() {
-        tracing::warn!(host = %host, peer = %peer, error = %err, cause = %causes(err), "upstream failed");
-    } else {
-        tracing::debug!(host = %host, peer = %peer, answer = %err, "answered with a page");
+    match err.fault() {
+        Fault::Upstream => {
+            tracing::warn!(host = %host, peer = %peer, fault = "upstream", error = %err, cause = %causes(err), "upstream failed");
+        }
+        // Debug: anyone on the internet can send a malformed request.
+        Fault::Client => {
+            tracing::debug!(host = %host, peer = %peer, fault = "client", answer = %err, "refused the client's request");
+        }
+        Fault::Neither => {
+            tracing::debug!(host = %host, peer = %peer, answer = %err, "answered with a page");
+        }
     }
 }
 
@@ -205,44 +179,4 @@ fn causes(err: &ProxyError) -> String {
         next = cause.source();
     }
     chain.join(": ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn target_length_counts_every_part() {
-        let uri: Uri = "https://app.preview.test/abc?d".parse().expect("uri");
-        assert!(check_target(&uri, 30).is_ok());
-        assert!(matches!(
-            check_target(&uri, 29),
-            Err(ProxyError::UriTooLong { len: 30, max: 29 })
-        ));
-        let origin: Uri = "/abc".parse().expect("uri");
-        assert!(check_target(&origin, 4).is_ok());
-        assert!(check_target(&origin, 3).is_err());
-    }
-
-    #[test]
-    fn only_a_single_plain_chunked_passes() {
-        let request = |values: &[&str]| {
-            let mut builder = Request::post("/");
-            for value in values {
-                builder = builder.header(TRANSFER_ENCODING, *value);
-            }
-            builder.body(()).expect("request")
-        };
-        assert!(check_framing(&request(&[])).is_ok());
-        assert!(check_framing(&request(&["chunked"])).is_ok());
-        assert!(check_framing(&request(&["Chunked "])).is_ok());
-        for bad in [
-            &["gzip, chunked"][..],
-            &["chunked, chunked"][..],
-            &["chunked", "chunked"][..],
-            &["xchunked"][..],
-        ] {
-            assert!(check_framing(&request(bad)).is_err(), "{bad:?}");
-        }
-    }
 }

@@ -10,6 +10,7 @@ pub mod atomic_file;
 mod ca;
 mod cert_files;
 mod cert_source;
+mod conformance;
 mod deadline_io;
 mod error;
 mod forward;
@@ -22,16 +23,19 @@ mod handle;
 mod host;
 mod incoming;
 mod limits;
+mod max_forwards;
 mod own_upstream;
 mod pages;
 mod pem_pair;
 mod per_thread;
 mod read_watch;
 mod redirect;
+mod request_body;
 mod routes;
 mod serve;
 mod tls;
 mod tunnel;
+mod upstream_io;
 
 pub use acme::{
     AcmeChallenge, AcmeError, AcmeSettings, HookError, Http01Responder, IssueError, StoreError,

@@ -34,9 +34,15 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Connecting to an upstream; failing is 502 [5 s].
     pub upstream_connect_timeout: Duration,
-    /// Waiting for an upstream's response headers; exceeding it is 504
-    /// [60 s].
+    /// Waiting for an upstream's response headers once the request body
+    /// is in, and the longest an upstream may leave the body unread;
+    /// exceeding either is 504 [60 s]. An upload takes as long as it needs
+    /// while its bytes keep moving.
     pub upstream_response_timeout: Duration,
+    /// The longest gap in a request body the upstream is waiting for;
+    /// exceeding it is the client's fault: 408 and the connection closed,
+    /// and the upstream never gets a complete request [60 s].
+    pub client_body_timeout: Duration,
     /// Open client connections; beyond it new connections are closed as
     /// soon as they are accepted, with a rate-limited warning [10,000].
     pub max_connections: usize,
@@ -62,6 +68,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             h2_max_concurrent_streams: 128,
             drain_timeout: Duration::from_secs(10),

@@ -22,11 +22,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+
+use crate::request_body::RequestBody;
+use crate::upstream_io::{UpstreamDeadlines, UpstreamIo};
 
 /// An upstream connection's protocol future, run by [`Alongside`].
 type UpstreamConn = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -39,6 +40,7 @@ pub(crate) struct OwnUpstream {
     spawn: mpsc::UnboundedSender<UpstreamConn>,
     builder: http1::Builder,
     connect_timeout: Duration,
+    deadlines: UpstreamDeadlines,
 }
 
 #[derive(Debug)]
@@ -50,7 +52,7 @@ enum Slot {
     /// The connection of the last request, to `upstream`.
     Kept {
         upstream: SocketAddr,
-        sender: SendRequest<Incoming>,
+        sender: SendRequest<RequestBody>,
     },
 }
 
@@ -71,7 +73,11 @@ pub(crate) enum OwnConnectError {
 impl OwnUpstream {
     /// A handle for one client connection and the driver its task must poll
     /// (see [`Alongside`]). `max_buf` bounds each connection's read buffer.
-    pub(crate) fn new(connect_timeout: Duration, max_buf: usize) -> (Arc<Self>, Driver) {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        deadlines: UpstreamDeadlines,
+        max_buf: usize,
+    ) -> (Arc<Self>, Driver) {
         let (spawn, incoming) = mpsc::unbounded_channel();
         let mut builder = http1::Builder::new();
         builder.max_buf_size(max_buf);
@@ -80,6 +86,7 @@ impl OwnUpstream {
             spawn,
             builder,
             connect_timeout,
+            deadlines,
         });
         let driver = Driver {
             incoming,
@@ -96,7 +103,7 @@ impl OwnUpstream {
     pub(crate) async fn checkout(
         &self,
         upstream: SocketAddr,
-    ) -> Result<Option<SendRequest<Incoming>>, OwnConnectError> {
+    ) -> Result<Option<SendRequest<RequestBody>>, OwnConnectError> {
         match std::mem::replace(&mut *self.lock(), Slot::Empty) {
             Slot::Fresh => return Ok(None),
             Slot::Kept {
@@ -111,14 +118,14 @@ impl OwnUpstream {
     /// Keeps `sender` for the next request. Called as soon as a request is
     /// handed to it: the connection is ready again once the response has
     /// been read, which happens before the client can send its next request.
-    pub(crate) fn check_in(&self, upstream: SocketAddr, sender: SendRequest<Incoming>) {
+    pub(crate) fn check_in(&self, upstream: SocketAddr, sender: SendRequest<RequestBody>) {
         *self.lock() = Slot::Kept { upstream, sender };
     }
 
     async fn connect(
         &self,
         upstream: SocketAddr,
-    ) -> Result<SendRequest<Incoming>, OwnConnectError> {
+    ) -> Result<SendRequest<RequestBody>, OwnConnectError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(upstream))
             .await
             .map_err(|_elapsed| OwnConnectError::Timeout(self.connect_timeout))?
@@ -127,7 +134,7 @@ impl OwnUpstream {
         stream.set_nodelay(true).map_err(OwnConnectError::Connect)?;
         let (sender, conn) = self
             .builder
-            .handshake(TokioIo::new(stream))
+            .handshake(UpstreamIo::new(stream, self.deadlines))
             .await
             .map_err(OwnConnectError::Handshake)?;
         let conn: UpstreamConn = Box::pin(async move {

@@ -6,7 +6,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -37,22 +37,34 @@ pub(crate) fn empty() -> ProxyBody {
 pub(crate) fn page(err: &ProxyError) -> Response<ProxyBody> {
     let mut refresh = None;
     let (title, body) = match err {
-        ProxyError::BadHost => (
+        ProxyError::Refused(refusal) => (
             "Bad request",
-            "<p>This request does not name a valid host.</p>".to_owned(),
+            format!(
+                "<p>previewd refused this request before it reached the preview: {}.</p>\n\
+                 <p>The request breaks a rule of HTTP; the preview itself is fine.</p>",
+                escape_html(&refusal.to_string()),
+            ),
         ),
         ProxyError::Misdirected { .. } => (
             "Misdirected request",
             "<p>This connection was opened for another host. Connect again to this one.</p>"
                 .to_owned(),
         ),
-        ProxyError::UriTooLong { .. } => (
-            "Request target too long",
-            "<p>The address of this request is too long.</p>".to_owned(),
-        ),
-        ProxyError::AmbiguousFraming { .. } => (
+        ProxyError::ClientBody { reason } => (
             "Bad request",
-            "<p>This request's length cannot be read unambiguously.</p>".to_owned(),
+            format!(
+                "<p>The body of this request is malformed ({}); the preview did not get a \
+                 complete request.</p>\n<p>The fault is in the request, not in the preview.</p>",
+                escape_html(reason),
+            ),
+        ),
+        ProxyError::ClientBodyTimeout { timeout } => (
+            "Request timed out",
+            format!(
+                "<p>The body of this request stopped arriving: nothing came for {} seconds.</p>\n\
+                 <p>The fault is in the request, not in the preview.</p>",
+                timeout.as_secs()
+            ),
         ),
         ProxyError::UnknownHost => (
             "No preview here",
@@ -94,6 +106,13 @@ pub(crate) fn page(err: &ProxyError) -> Response<ProxyBody> {
             "<p>The preview's app did not answer. It may be starting or may have crashed.</p>"
                 .to_owned(),
         ),
+        ProxyError::UpstreamStoppedReading { timeout, .. } => (
+            "Preview timed out",
+            format!(
+                "<p>The preview's app stopped reading the request body for {} seconds.</p>",
+                timeout.as_secs()
+            ),
+        ),
         ProxyError::UpstreamTimeout { timeout, .. } => (
             "Preview timed out",
             format!(
@@ -114,6 +133,8 @@ pub(crate) fn page(err: &ProxyError) -> Response<ProxyBody> {
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(secs) = refresh {
         headers.insert("refresh", HeaderValue::from(secs));
+        // RFC 9110 15.6.4: a 503 may say when to come back.
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }
@@ -159,6 +180,7 @@ pub(crate) fn escape_html(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conformance::Refusal;
     use http_body_util::BodyExt;
     use std::time::Duration;
 
@@ -198,6 +220,7 @@ mod tests {
         let response = page(&err);
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()["refresh"], "2");
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
         assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
         assert_eq!(response.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
         let body = body_text(response).await;
@@ -219,6 +242,20 @@ mod tests {
         assert!(body.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; more"));
         assert!(!body.contains("<script>"));
         assert!(!body.contains("<b>"));
+    }
+
+    #[tokio::test]
+    async fn client_faults_say_the_preview_is_fine_and_escape_the_reason() {
+        let err = ProxyError::ClientBody {
+            reason: "<bad> chunk".into(),
+        };
+        let response = page(&err);
+        assert_eq!(response.status(), 400);
+        let body = body_text(response).await;
+        assert!(body.contains("&lt;bad&gt; chunk"), "{body}");
+        assert!(body.contains("not in the preview"), "{body}");
+        let refused = body_text(page(&ProxyError::Refused(Refusal::DuplicateHost))).await;
+        assert!(refused.contains("more than one Host field"), "{refused}");
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use http::header::{CACHE_CONTROL, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
 
+use crate::conformance::Refusal;
 use crate::error::ProxyError;
 use crate::host::{is_within, request_host};
 use crate::pages::{self, ProxyBody};
@@ -30,7 +31,7 @@ pub(crate) fn redirect<B>(
         });
     let Some(location) = location else {
         tracing::debug!(uri = %req.uri(), "refusing to redirect a foreign or missing host");
-        return Ok(pages::page(&ProxyError::BadHost));
+        return Ok(pages::page(&ProxyError::Refused(Refusal::ForeignHost)));
     };
     let mut response = Response::new(pages::empty());
     *response.status_mut() = StatusCode::PERMANENT_REDIRECT;

@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::acme::Http01Responder;
 use crate::deadline_io::DeadlineIo;
-use crate::forward::{upstream_client, UPSTREAM_MAX_BUF};
+use crate::forward::{upstream_client, upstream_deadlines, UPSTREAM_MAX_BUF};
 use crate::framing;
 use crate::h2_head_deadline;
 use crate::handle::{handle, Peer, Proxy};
@@ -162,8 +162,11 @@ async fn serve_tls(
         until_drained(pin!(conn), drain.clone(), |conn| conn.graceful_shutdown()).await
     } else {
         let (stream, verdicts) = framing::watch(stream);
-        let (own_upstream, upstreams) =
-            OwnUpstream::new(limits.upstream_connect_timeout, UPSTREAM_MAX_BUF);
+        let (own_upstream, upstreams) = OwnUpstream::new(
+            limits.upstream_connect_timeout,
+            upstream_deadlines(limits),
+            UPSTREAM_MAX_BUF,
+        );
         client.tunnels = Some(tunnel_tx);
         client.framing = Some(verdicts);
         client.own_upstream = Some(own_upstream);
@@ -178,8 +181,15 @@ async fn serve_tls(
         })
         .await
     };
-    if let Err(err) = ended {
-        tracing::debug!(peer = %peer, error = %err, "HTTPS connection ended with an error");
+    match ended {
+        Ok(()) => {}
+        // hyper answered the client's malformed head itself (400/431).
+        Err(err) if err.is_parse() || err.is_parse_too_large() => {
+            tracing::debug!(peer = %peer, fault = "client", error = %err, "refused a malformed request head");
+        }
+        Err(err) => {
+            tracing::debug!(peer = %peer, error = %err, "HTTPS connection ended with an error");
+        }
     }
     if let Ok(switch) = tunnel_rx.try_recv() {
         switch.finish(drain).await;
