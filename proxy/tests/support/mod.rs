@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod h2;
+pub mod nginx;
 pub mod pebble;
 
 use std::future::Future;
@@ -350,4 +352,123 @@ pub fn app_at(upstream: SocketAddr) -> RouteTable {
 /// A route table with no routes, for certificate sources that do not read it.
 pub fn no_routes() -> SharedRoutes {
     Arc::new(ArcSwap::from_pointee(RouteTable::new()))
+}
+
+/// What a [`raw_echo_upstream`] received.
+#[derive(Clone, Default)]
+pub struct Received {
+    /// TCP connections accepted.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bytes read, over all connections.
+    pub bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Each complete request, exactly as it arrived.
+    pub requests: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Received {
+    /// Nothing at all reached the upstream: no connection, no byte.
+    pub fn nothing(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.connections.load(Ordering::SeqCst) == 0 && self.bytes.load(Ordering::SeqCst) == 0
+    }
+
+    /// The only complete request, as text.
+    pub fn only_request(&self) -> String {
+        let requests = self.requests.lock().expect("requests");
+        assert_eq!(requests.len(), 1, "requests: {requests:?}");
+        String::from_utf8_lossy(&requests[0]).into_owned()
+    }
+}
+
+/// An upstream that reads HTTP/1.1 itself (the head to its blank line, then
+/// a body by `Content-Length` or chunked) and answers each request with 200
+/// and the request's raw bytes as the body: tests see exactly what the
+/// proxy sent, and whether anything reached the upstream at all.
+pub async fn raw_echo_upstream() -> (SocketAddr, Received) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    let received = Received::default();
+    let seen = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            seen.connections.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(len) = complete_request(&buf) else {
+                        let mut chunk = [0u8; 16 * 1024];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                seen.bytes.fetch_add(n, Ordering::SeqCst);
+                                buf.extend_from_slice(&chunk[..n]);
+                            }
+                        }
+                        continue;
+                    };
+                    let request: Vec<u8> = buf.drain(..len).collect();
+                    seen.requests
+                        .lock()
+                        .expect("requests")
+                        .push(request.clone());
+                    let mut answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                        request.len()
+                    )
+                    .into_bytes();
+                    answer.extend_from_slice(&request);
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// The length of the complete request at the start of `buf`, if it is all
+/// there. Only as lenient as reading what previewd itself sends requires.
+fn complete_request(buf: &[u8]) -> Option<usize> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(':'))
+            })
+            .map(|value| value.trim().to_owned())
+    };
+    if field("transfer-encoding").is_some() {
+        let mut at = head_end;
+        loop {
+            let line_end = at + buf[at..].windows(2).position(|w| w == b"\r\n")?;
+            let line = String::from_utf8_lossy(&buf[at..line_end]);
+            let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                // Trailer fields up to the blank line.
+                loop {
+                    let end = at + buf[at..].windows(2).position(|w| w == b"\r\n")?;
+                    let blank = end == at;
+                    at = end + 2;
+                    if blank {
+                        return Some(at);
+                    }
+                }
+            }
+            at += size + 2;
+            if at > buf.len() {
+                return None;
+            }
+        }
+    }
+    let len = field("content-length").map_or(Some(0), |v| v.parse::<usize>().ok())?;
+    (buf.len() >= head_end + len).then_some(head_end + len)
 }
