@@ -89,6 +89,31 @@ async fn deaf_upstream() -> SocketAddr {
     silent_upstream().await
 }
 
+/// Starts an upload far larger than loopback buffers hold, so a proxy in
+/// front of a deaf upstream must stop reading it; returns the side the
+/// answer comes on, and the writer (abort it when done).
+async fn endless_upload(
+    proxy: &Proxy,
+) -> (
+    tokio::io::ReadHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    const BODY: usize = 256 * 1024 * 1024;
+    let tls = proxy.tls(APP, &[b"http/1.1"]).await.expect("TLS");
+    let (reader, mut writer) = tokio::io::split(tls);
+    let upload = tokio::spawn(async move {
+        let head =
+            format!("POST /upload HTTP/1.1\r\nhost: {APP}\r\ncontent-length: {BODY}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..BODY / chunk.len() {
+            writer.write_all(&chunk).await?;
+        }
+        Ok(())
+    });
+    (reader, upload)
+}
+
 /// The upstream stops reading an upload: that is the upstream's stall
 /// (504), not the client's, though no body byte moves.
 #[tokio::test]
@@ -100,20 +125,7 @@ async fn an_upstream_that_stops_reading_the_body_is_504() {
         ..Limits::default()
     };
     let proxy = Proxy::start_with(app_at(deaf_upstream().await), limits).await;
-    let tls = proxy.tls(APP, &[b"http/1.1"]).await.expect("TLS");
-    let (mut reader, mut writer) = tokio::io::split(tls);
-    // Far more than loopback buffers hold, so the proxy must stop reading.
-    const BODY: usize = 256 * 1024 * 1024;
-    let upload = tokio::spawn(async move {
-        let head =
-            format!("POST /upload HTTP/1.1\r\nhost: {APP}\r\ncontent-length: {BODY}\r\n\r\n");
-        writer.write_all(head.as_bytes()).await?;
-        let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..BODY / chunk.len() {
-            writer.write_all(&chunk).await?;
-        }
-        Ok::<_, std::io::Error>(())
-    });
+    let (mut reader, upload) = endless_upload(&proxy).await;
     let mut answer = vec![0u8; 4096];
     let n = within(20, "the 504", reader.read(&mut answer))
         .await
@@ -308,19 +320,7 @@ async fn an_upload_the_upstream_stopped_reading_frees_both_connections() {
     };
     let upstream = deaf_upstream().await;
     let proxy = Proxy::start_with(app_at(upstream), limits).await;
-    let tls = proxy.tls(APP, &[b"http/1.1"]).await.expect("TLS");
-    let (mut reader, mut writer) = tokio::io::split(tls);
-    const BODY: usize = 256 * 1024 * 1024;
-    let upload = tokio::spawn(async move {
-        let head =
-            format!("POST /upload HTTP/1.1\r\nhost: {APP}\r\ncontent-length: {BODY}\r\n\r\n");
-        writer.write_all(head.as_bytes()).await?;
-        let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..BODY / chunk.len() {
-            writer.write_all(&chunk).await?;
-        }
-        Ok::<_, std::io::Error>(())
-    });
+    let (mut reader, upload) = endless_upload(&proxy).await;
     let mut answer = Vec::new();
     // The 504, then the client connection closed (not left for the idle timeout).
     within(20, "the 504 and the close", reader.read_to_end(&mut answer))
