@@ -329,6 +329,9 @@ fn health(file: FileHealth) -> Result<HealthCheck, ConfigError> {
     Ok(check)
 }
 
+/// The longest timeout `[proxy]` takes: a week.
+const MAX_PROXY_TIMEOUT_S: u64 = 7 * 24 * 3600;
+
 fn proxy_limits(file: FileProxy) -> Result<Limits, ConfigError> {
     let d = Limits::default();
     let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
@@ -364,6 +367,17 @@ fn proxy_limits(file: FileProxy) -> Result<Limits, ConfigError> {
     if timeouts.iter().any(Duration::is_zero) {
         return Err(ConfigError::Proxy(
             "timeouts must be above 0 (only drain_timeout_s may be 0)",
+        ));
+    }
+    // Longer means nothing on a proxy, and deadlines must stay on the clock.
+    let longest = Duration::from_secs(MAX_PROXY_TIMEOUT_S);
+    if timeouts
+        .iter()
+        .chain([&limits.drain_timeout])
+        .any(|t| *t > longest)
+    {
+        return Err(ConfigError::Proxy(
+            "timeouts must be at most 7 days (604800 s)",
         ));
     }
     // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
@@ -857,6 +871,10 @@ mod tests {
             ("[health]\ninterval_ms = 0", "invalid [health] interval_ms"),
             ("[health]\nretries = 3", "config file"),
             ("[proxy]\nidle_timeout_s = 0", "invalid [proxy] timeouts"),
+            (
+                "[proxy]\nupstream_response_timeout_s = 4611686018427387904",
+                "invalid [proxy] timeouts must be at most 7 days",
+            ),
             (
                 "[proxy]\nmax_header_bytes = 4096",
                 "invalid [proxy] max_header_bytes",

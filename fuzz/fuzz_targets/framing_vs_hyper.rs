@@ -3,30 +3,43 @@
 //! previewd refuses what the scanner finds by counting request heads, so the
 //! scanner's n-th head must be the request hyper hands over n-th. The
 //! stream is served by hyper over the scanner, as previewd serves it; up to
-//! the first refusal (the connection ends there), each request hyper
-//! dispatched must have the scanner's request line for the same index.
+//! and including the first refusal (the connection ends there), each request
+//! hyper dispatched must have the scanner's head of the same index: the
+//! same method and target, and (but for a refused head) the same number of
+//! field lines.
 #![no_main]
 
+use http::{Method, Uri};
 use libfuzzer_sys::fuzz_target;
 use previewd_proxy::fuzzing::scanner_against_hyper;
 
 fuzz_target!(|stream: &[u8]| {
-    let (dispatched, lines) = scanner_against_hyper(stream);
+    let (dispatched, scanned) = scanner_against_hyper(stream);
     for (index, request) in dispatched.iter().enumerate() {
-        // The connection ends at a refusal; a refused head's target may
-        // hold what hyper drops (a fragment).
+        let Some(head) = scanned.get(index) else {
+            panic!(
+                "hyper dispatched request {index} ({request:?}) the scanner never saw: {scanned:?}"
+            );
+        };
+        let mut parts = head.request_line.split(|&b| b == b' ');
+        let method = parts.next().and_then(|m| Method::from_bytes(m).ok());
+        // The `http` crate drops a fragment; the scanner refuses it.
+        let target = parts
+            .next()
+            .map(|t| t.split(|&b| b == b'#').next().unwrap_or_default().to_vec())
+            .and_then(|t| Uri::try_from(t).ok());
+        assert_eq!(
+            (method.as_ref(), target.as_ref()),
+            (Some(&request.method), Some(&request.uri)),
+            "head {index}: the scanner read {:?}, hyper {request:?}",
+            String::from_utf8_lossy(&head.request_line)
+        );
         if request.refused {
             break;
         }
-        let Some(line) = lines.get(index) else {
-            panic!("hyper dispatched request {index} ({request:?}) the scanner never saw; it saw {lines:?}");
-        };
-        let line = String::from_utf8_lossy(line);
-        let parts: Vec<&str> = line.splitn(3, ' ').collect();
-        let scanned = parts.get(..2).map(|p| p.join(" ")).unwrap_or_default();
         assert_eq!(
-            scanned, request.method_and_target,
-            "head {index}: the scanner read {line:?}, hyper {request:?}"
+            head.fields, request.fields,
+            "head {index}: field lines, scanner vs hyper ({request:?})"
         );
     }
 });

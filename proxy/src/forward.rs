@@ -54,13 +54,12 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The deadlines of every upstream connection: silent as long as a client
-/// connection may be, and writes may wait twice the response timeout. The
-/// request's own clock (`request_body`) answers a stalled upload after one
-/// response timeout; this then frees the connection the upload was on.
+/// The deadline of every upstream connection: writes may wait twice the
+/// response timeout. The request's own clock (`request_body`) answers a
+/// stalled upload after one response timeout; this then frees the
+/// connection the upload was on.
 pub(crate) fn upstream_deadlines(limits: &Limits) -> UpstreamDeadlines {
     UpstreamDeadlines {
-        idle: limits.idle_timeout,
         write: limits.upstream_response_timeout.saturating_mul(2),
     }
 }

@@ -35,10 +35,10 @@ pub(crate) struct FramingVerdicts {
     first_refused: OnceLock<(u64, Refusal)>,
     /// Index of the request `handle` sees next.
     next_request: AtomicU64,
-    /// Each completed head's request line, for the fuzz target that holds
-    /// the scanner's reading against hyper's.
+    /// Each completed head's request line and field count, for the fuzz
+    /// target that holds the scanner's reading against hyper's.
     #[cfg(feature = "fuzzing")]
-    request_lines: std::sync::Mutex<Vec<Vec<u8>>>,
+    heads_read: std::sync::Mutex<Vec<(Vec<u8>, usize)>>,
 }
 
 impl FramingVerdicts {
@@ -47,16 +47,16 @@ impl FramingVerdicts {
             first_refused: OnceLock::new(),
             next_request: AtomicU64::new(0),
             #[cfg(feature = "fuzzing")]
-            request_lines: std::sync::Mutex::default(),
+            heads_read: std::sync::Mutex::default(),
         }
     }
 
-    /// The request lines of the heads read so far.
+    /// The heads read so far: request line and number of field lines.
     #[cfg(feature = "fuzzing")]
-    pub(crate) fn request_lines(&self) -> Vec<Vec<u8>> {
-        self.request_lines
+    pub(crate) fn heads_read(&self) -> Vec<(Vec<u8>, usize)> {
+        self.heads_read
             .lock()
-            .map(|lines| lines.clone())
+            .map(|heads| heads.clone())
             .unwrap_or_default()
     }
 
@@ -255,8 +255,8 @@ impl Scanner {
             let index = self.heads;
             self.heads += 1;
             #[cfg(feature = "fuzzing")]
-            if let Ok(mut lines) = self.verdicts.request_lines.lock() {
-                lines.push(std::mem::take(&mut head.request_line));
+            if let Ok(mut heads) = self.verdicts.heads_read.lock() {
+                heads.push((std::mem::take(&mut head.request_line), head.lines - 1));
             }
             if head.content_length_fields > 0 && head.saw_transfer_encoding {
                 head.refusal

@@ -44,17 +44,28 @@ pub fn scan_framing(
 /// framing scanner also read, with the scanner's verdict for it.
 #[derive(Debug)]
 pub struct Dispatched {
-    /// `METHOD target`, as hyper parsed them.
-    pub method_and_target: String,
+    pub method: http::Method,
+    pub uri: http::Uri,
+    /// Field lines, as hyper kept them.
+    pub fields: usize,
     /// The scanner's refusal for this request, if any.
     pub refused: bool,
+}
+
+/// One request head as the framing scanner read it.
+#[derive(Debug)]
+pub struct Scanned {
+    /// The raw request line.
+    pub request_line: Vec<u8>,
+    /// Field lines.
+    pub fields: usize,
 }
 
 /// `stream` served by hyper's HTTP/1.1 server over the framing scanner, as
 /// previewd serves it (a refused or switching request ends the
 /// connection): what hyper dispatched, and the request lines the scanner
 /// saw, in order. The two must agree head for head up to the first refusal.
-pub fn scanner_against_hyper(stream: &[u8]) -> (Vec<Dispatched>, Vec<Vec<u8>>) {
+pub fn scanner_against_hyper(stream: &[u8]) -> (Vec<Dispatched>, Vec<Scanned>) {
     use std::sync::{Arc, Mutex, OnceLock};
     use std::time::Duration;
 
@@ -85,7 +96,9 @@ pub fn scanner_against_hyper(stream: &[u8]) -> (Vec<Dispatched>, Vec<Vec<u8>>) {
                 || req.headers().contains_key(UPGRADE);
             if let Ok(mut seen) = seen.lock() {
                 seen.push(Dispatched {
-                    method_and_target: format!("{} {}", req.method(), req.uri()),
+                    method: req.method().clone(),
+                    uri: req.uri().clone(),
+                    fields: req.headers().len(),
                     refused: refusal.is_some(),
                 });
             }
@@ -118,6 +131,14 @@ pub fn scanner_against_hyper(stream: &[u8]) -> (Vec<Dispatched>, Vec<Vec<u8>>) {
         let both = async { tokio::join!(conn, talk) };
         let _ = tokio::time::timeout(Duration::from_secs(5), both).await;
         let dispatched = std::mem::take(&mut *dispatched.lock().unwrap_or_else(|e| e.into_inner()));
-        (dispatched, verdicts.request_lines())
+        let scanned = verdicts
+            .heads_read()
+            .into_iter()
+            .map(|(request_line, fields)| Scanned {
+                request_line,
+                fields,
+            })
+            .collect();
+        (dispatched, scanned)
     })
 }

@@ -106,6 +106,20 @@ where
     }
 }
 
+impl<B> Drop for RequestBody<B> {
+    /// The upstream connection lets a body go once it has written all it
+    /// announced, without polling it to its end: a body that is still
+    /// "streaming" then is over.
+    fn drop(&mut self) {
+        if let Source::Watched(watch) = &self.source {
+            let mut state = watch.lock();
+            if matches!(state.progress, Progress::Streaming { .. }) && state.body.is_some() {
+                state.progress = Progress::Finished { at: Instant::now() };
+            }
+        }
+    }
+}
+
 /// One request body while it streams, shared by the upstream connection
 /// that reads it and the exchange that waits on it.
 #[derive(Debug)]
@@ -188,14 +202,22 @@ impl<B> BodyWatch<B> {
                     state.waker = Some(cx.waker().clone());
                 }
                 match state.progress {
-                    Progress::Streaming { since, .. } => Progress::Streaming {
-                        since,
+                    // The client's clock starts when the upstream asks.
+                    Progress::Streaming {
+                        waiting_on_client: false,
+                        ..
+                    } => Progress::Streaming {
+                        since: now,
                         waiting_on_client: true,
                     },
                     ref other => other.clone(),
                 }
             }
-            Poll::Ready(Some(Ok(_))) if ended => Progress::Finished { at: now },
+            // Trailers are the last frame there is, and hyper stops polling
+            // after them, as after the last byte of a sized body.
+            Poll::Ready(Some(Ok(frame))) if ended || frame.is_trailers() => {
+                Progress::Finished { at: now }
+            }
             Poll::Ready(Some(Ok(_))) => Progress::Streaming {
                 since: now,
                 waiting_on_client: false,
@@ -402,7 +424,7 @@ mod tests {
 
     /// A client's body fed from the test; `left` makes it a sized body.
     struct TestBody {
-        pieces: mpsc::UnboundedReceiver<Result<Bytes, std::io::Error>>,
+        frames: mpsc::UnboundedReceiver<Result<Frame<Bytes>, std::io::Error>>,
         left: Option<usize>,
     }
 
@@ -414,16 +436,14 @@ mod tests {
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-            self.pieces.poll_recv(cx).map(|piece| {
-                piece.map(|piece| {
-                    piece.map(|bytes| {
-                        if let Some(left) = &mut self.left {
-                            *left -= bytes.len();
-                        }
-                        Frame::data(bytes)
-                    })
-                })
-            })
+            let polled = self.frames.poll_recv(cx);
+            if let Poll::Ready(Some(Ok(frame))) = &polled {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                if let Some(left) = &mut self.left {
+                    *left -= len;
+                }
+            }
+            polled
         }
 
         fn is_end_stream(&self) -> bool {
@@ -431,34 +451,46 @@ mod tests {
         }
     }
 
-    type Feed = mpsc::UnboundedSender<Result<Bytes, std::io::Error>>;
+    type Feed = mpsc::UnboundedSender<Result<Frame<Bytes>, std::io::Error>>;
 
     fn body(left: Option<usize>) -> (RequestBody<TestBody>, Arc<BodyWatch<TestBody>>, Feed) {
-        let (feed, pieces) = mpsc::unbounded_channel();
-        let (body, watch) = RequestBody::new(TestBody { pieces, left });
+        let (feed, frames) = mpsc::unbounded_channel();
+        let (body, watch) = RequestBody::new(TestBody { frames, left });
         (body, watch.expect("a body still to come is watched"), feed)
     }
 
     fn piece(feed: &Feed) {
-        feed.send(Ok(Bytes::from_static(b"x"))).expect("body alive");
+        feed.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+            .expect("body alive");
     }
 
+    type Read = Option<Result<Frame<Bytes>, BodyError>>;
+
     /// The upstream connection: reads `frames` frames (all, if `None`),
-    /// then stops polling; returns what the last read gave.
+    /// then stops polling but keeps the body; returns it and what the last
+    /// read gave.
     fn upstream(
         mut body: RequestBody<TestBody>,
         frames: Option<usize>,
-    ) -> tokio::task::JoinHandle<Option<Result<Frame<Bytes>, BodyError>>> {
+    ) -> tokio::task::JoinHandle<(RequestBody<TestBody>, Read)> {
         tokio::spawn(async move {
             let mut read = 0;
             loop {
                 let frame = body.frame().await;
                 read += 1;
                 if frame.as_ref().is_none_or(Result::is_err) || frames == Some(read) {
-                    return frame;
+                    return (body, frame);
                 }
             }
         })
+    }
+
+    /// What the upstream's last read gave, once it has stopped.
+    async fn last_read(
+        upstream: tokio::task::JoinHandle<(RequestBody<TestBody>, Read)>,
+    ) -> (RequestBody<TestBody>, Result<Frame<Bytes>, BodyError>) {
+        let (body, frame) = upstream.await.expect("upstream");
+        (body, frame.expect("a frame"))
     }
 
     #[tokio::test(start_paused = true)]
@@ -470,6 +502,49 @@ mod tests {
         let start = Instant::now();
         assert_eq!(watch.stalled(BODY, RESPONSE).await, Stall::Client);
         assert_eq!(start.elapsed(), BODY);
+    }
+
+    /// The bug this pins: the client's clock counted from the last byte,
+    /// not from when the upstream asked for more, so an upstream that
+    /// paused reading got the client a 408 for the upstream's own pause.
+    #[tokio::test(start_paused = true)]
+    async fn the_clients_clock_starts_when_the_upstream_asks() {
+        let (mut body, watch, feed) = body(None);
+        piece(&feed);
+        let start = Instant::now();
+        body.frame().await.expect("a frame").expect("data");
+        // The upstream pauses 3 s (under the 60 s it may), then asks.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let upstream = upstream(body, None);
+        tokio::task::yield_now().await;
+        assert_eq!(watch.stalled(BODY, RESPONSE).await, Stall::Client);
+        assert_eq!(start.elapsed(), Duration::from_secs(3) + BODY);
+        drop((upstream, feed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_let_go_by_the_upstream_connection_is_over() {
+        let (mut body, watch, feed) = body(None);
+        piece(&feed);
+        body.frame().await.expect("a frame").expect("data");
+        // Written all it announced: hyper drops the body without polling on.
+        drop(body);
+        assert_eq!(watch.stalled(BODY, RESPONSE).await, Stall::UpstreamResponse);
+        drop(feed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trailers_end_the_body() {
+        let (body, watch, feed) = body(None);
+        let upstream = upstream(body, Some(2));
+        piece(&feed);
+        feed.send(Ok(Frame::trailers(http::HeaderMap::new())))
+            .expect("send");
+        // hyper stops polling after the trailers, with the body kept.
+        let (_kept, frame) = last_read(upstream).await;
+        assert!(frame.expect("trailers").is_trailers());
+        assert_eq!(watch.stalled(BODY, RESPONSE).await, Stall::UpstreamResponse);
+        drop(feed);
     }
 
     #[tokio::test(start_paused = true)]
@@ -495,11 +570,8 @@ mod tests {
         let (body, watch, feed) = body(None);
         let upstream = upstream(body, Some(1));
         piece(&feed);
-        upstream
-            .await
-            .expect("upstream")
-            .expect("a frame")
-            .expect("data");
+        let (_kept, frame) = last_read(upstream).await;
+        frame.expect("data");
         let start = Instant::now();
         assert_eq!(
             watch.stalled(BODY, RESPONSE).await,
@@ -515,11 +587,8 @@ mod tests {
         let start = Instant::now();
         tokio::time::sleep(Duration::from_secs(2)).await;
         piece(&feed);
-        upstream
-            .await
-            .expect("upstream")
-            .expect("a frame")
-            .expect("data");
+        let (_kept, frame) = last_read(upstream).await;
+        frame.expect("data");
         assert_eq!(
             watch.stalled(RESPONSE, BODY).await,
             Stall::UpstreamNotReading
@@ -533,7 +602,7 @@ mod tests {
         let upstream = upstream(body, None);
         piece(&feed);
         drop(feed);
-        assert!(upstream.await.expect("upstream").is_none());
+        assert!(upstream.await.expect("upstream").1.is_none());
         let start = Instant::now();
         assert_eq!(watch.stalled(BODY, RESPONSE).await, Stall::UpstreamResponse);
         assert_eq!(start.elapsed(), RESPONSE);
@@ -547,11 +616,8 @@ mod tests {
         let (body, watch, feed) = body(Some(1));
         let upstream = upstream(body, Some(1));
         piece(&feed);
-        upstream
-            .await
-            .expect("upstream")
-            .expect("a frame")
-            .expect("data");
+        let (_kept, frame) = last_read(upstream).await;
+        frame.expect("data");
         assert_eq!(watch.stalled(BODY, RESPONSE).await, Stall::UpstreamResponse);
     }
 
@@ -561,7 +627,7 @@ mod tests {
         let upstream = upstream(body, None);
         feed.send(Err(std::io::Error::other("bad chunk")))
             .expect("send");
-        let last = upstream.await.expect("upstream").expect("a frame");
+        let (_kept, last) = last_read(upstream).await;
         assert!(matches!(last, Err(BodyError::Client(_))));
         let stalled =
             tokio::time::timeout(Duration::from_secs(3600), watch.stalled(BODY, RESPONSE));
@@ -579,7 +645,7 @@ mod tests {
         // Dropped at once, though nobody polls it: the client connection can end.
         assert!(feed.is_closed());
         // And the waiting upstream connection is woken to fail.
-        let last = upstream.await.expect("upstream").expect("a frame");
+        let (_kept, last) = last_read(upstream).await;
         assert!(matches!(last, Err(BodyError::GivenUp)));
     }
 
@@ -592,7 +658,7 @@ mod tests {
         let start = Instant::now();
         watch.watch_after_response(BODY, RESPONSE);
         drop(watch);
-        let last = upstream.await.expect("upstream").expect("a frame");
+        let (_kept, last) = last_read(upstream).await;
         assert!(matches!(last, Err(BodyError::GivenUp)));
         assert_eq!(start.elapsed(), BODY);
         assert!(feed.is_closed());

@@ -321,7 +321,7 @@ where
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::debug!(scheme, error = %err, "cannot set TCP_NODELAY");
                     }
-                    let stream = DeadlineIo::new(stream, limits.idle_timeout, limits.write_timeout);
+                    let stream = DeadlineIo::new(stream, Some(limits.idle_timeout), limits.write_timeout);
                     let conn = serve(stream, peer, drain_rx.clone());
                     connections.spawn(async move {
                         conn.await;

@@ -1,8 +1,11 @@
-//! Connections to upstreams under deadlines, for the pooled client and for
-//! a client connection's own upstream connection alike: an upstream that
-//! accepts none of our bytes, or moves none either way, for too long fails
-//! its connection, so a preview that stops reading can never hold a socket
-//! (and the request body queued for it) for ever. It must not speak HTTP.
+//! Connections to upstreams under a write deadline, for the pooled client
+//! and for a client connection's own upstream connection alike: an upstream
+//! that accepts none of our bytes for too long fails its connection, so a
+//! preview that stops reading can never hold a socket (and the request body
+//! queued for it) for ever. An upstream that is merely silent is not cut
+//! off here: a slow answer, a long poll or an event stream is judged by the
+//! request's own clocks, and an idle pooled connection by the pool. It must
+//! not speak HTTP.
 
 use std::future::Future;
 use std::io;
@@ -18,11 +21,10 @@ use tokio::net::TcpStream;
 
 use crate::deadline_io::DeadlineIo;
 
-/// How long an upstream connection may go without a byte either way, and
-/// how long its writes may wait for the upstream to read.
+/// How long an upstream connection's writes may wait for the upstream to
+/// read.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct UpstreamDeadlines {
-    pub(crate) idle: Duration,
     pub(crate) write: Duration,
 }
 
@@ -32,11 +34,7 @@ pub(crate) struct UpstreamIo(TokioIo<DeadlineIo<TcpStream>>);
 
 impl UpstreamIo {
     pub(crate) fn new(stream: TcpStream, deadlines: UpstreamDeadlines) -> Self {
-        Self(TokioIo::new(DeadlineIo::new(
-            stream,
-            deadlines.idle,
-            deadlines.write,
-        )))
+        Self(TokioIo::new(DeadlineIo::new(stream, None, deadlines.write)))
     }
 }
 

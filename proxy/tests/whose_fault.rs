@@ -78,7 +78,12 @@ async fn a_malformed_request_body_is_400_not_502() {
     assert!(!answer.contains("Preview not reachable"), "{answer}");
     assert!(received.requests.lock().expect("requests").is_empty());
     eventually(5, "the client's fault logged", || {
-        logged(&["fault=\"client\"", "request body is malformed"])
+        // Only this test sends a chunk size of "zz".
+        logged(&[
+            "fault=\"client\"",
+            "request body is malformed",
+            "Invalid chunk size",
+        ])
     })
     .await;
 }
@@ -124,7 +129,8 @@ async fn an_upstream_that_stops_reading_the_body_is_504() {
         client_body_timeout: Duration::from_secs(30),
         ..Limits::default()
     };
-    let proxy = Proxy::start_with(app_at(deaf_upstream().await), limits).await;
+    let upstream = deaf_upstream().await;
+    let proxy = Proxy::start_with(app_at(upstream), limits).await;
     let (mut reader, upload) = endless_upload(&proxy).await;
     let mut answer = vec![0u8; 4096];
     let n = within(20, "the 504", reader.read(&mut answer))
@@ -138,7 +144,9 @@ async fn an_upstream_that_stops_reading_the_body_is_504() {
         "{answer}"
     );
     eventually(5, "the upstream's fault logged", || {
-        logged(&["fault=\"upstream\"", "read none of the request body"])
+        // Its own upstream's line, not another test's.
+        let error = format!("upstream {upstream} read none of the request body");
+        logged(&["fault=\"upstream\"", &error])
     })
     .await;
 }
@@ -388,7 +396,87 @@ async fn an_upstream_that_closes_without_answering_is_502() {
         answer.body
     );
     eventually(5, "the upstream's fault logged", || {
-        logged(&["fault=\"upstream\"", "upstream failed"])
+        let error = format!("request to upstream {upstream} failed");
+        logged(&["fault=\"upstream\"", "upstream failed", &error])
     })
     .await;
+}
+
+/// Answers every request after `delay`.
+async fn slow_upstream(delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                if stream.read(&mut head).await.is_err() {
+                    return;
+                }
+                // The preview taking its time, on purpose.
+                tokio::time::sleep(delay).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+                    .await;
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The bug this pins: upstream connections got the client's idle timeout,
+/// so on HTTP/2 (whose client connection stays busy) an answer slower than
+/// `idle_timeout` but within `upstream_response_timeout` became a 502.
+#[tokio::test]
+async fn an_answer_slower_than_the_idle_timeout_still_arrives_over_http2() {
+    use support::h2::*;
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(1),
+        upstream_response_timeout: Duration::from_secs(10),
+        ..Limits::default()
+    };
+    let proxy =
+        Proxy::start_with(app_at(slow_upstream(Duration::from_secs(2)).await), limits).await;
+    let mut h2 = RawH2::connect(&proxy).await;
+    h2.send(&frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &get_block("/slow"),
+    ))
+    .await
+    .expect("request");
+    // PINGs keep the client connection itself from going idle.
+    let RawH2 {
+        mut reader,
+        mut writer,
+    } = h2;
+    let pings = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer
+                .write_all(&frame(0x6, 0, 0, &[0u8; 8]))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let status = within(10, "the slow answer", async {
+        loop {
+            let frame = read_frame(&mut reader).await.expect("connection open");
+            if frame.stream == 1 && frame.kind == HEADERS {
+                return status_of(&frame.payload);
+            }
+            if frame.stream == 1 && frame.kind == RST_STREAM {
+                panic!("stream reset: {frame:?}");
+            }
+        }
+    })
+    .await;
+    pings.abort();
+    assert_eq!(status, Some(200));
 }
