@@ -25,6 +25,9 @@ pub const LABEL_BRANCH: &str = "previewd.branch";
 pub const LABEL_SLUG: &str = "previewd.slug";
 pub const LABEL_COMMIT: &str = "previewd.commit";
 pub const LABEL_ROLE: &str = "previewd.role";
+/// `previewd.role` of the layers a build commits before its last step: every stage of a
+/// Dockerfile gets it right after its `FROM`, so layers a build leaves behind can be found.
+pub const ROLE_BUILD_LAYER: &str = "build-layer";
 /// The container port the app listens on, so an adopted container needs no image inspect.
 pub const LABEL_PORT: &str = "previewd.port";
 /// The git tree an image was built from: a commit with the same tree reuses the image.
@@ -143,6 +146,9 @@ pub struct Inventory {
     pub containers: Vec<ContainerInfo>,
     pub images: Vec<ImageInfo>,
     pub networks: Vec<NetworkInfo>,
+    /// Ids of untagged build layers of this instance with nothing built on them: what a
+    /// build that failed, was cancelled or was killed left behind.
+    pub leftover_layers: Vec<String>,
 }
 
 impl Inventory {
@@ -276,6 +282,15 @@ impl Runtime {
                 commit: object.commit,
             });
         }
+        // Listed without `all`: the untagged images here are leaves, layers nothing builds on.
+        inventory.leftover_layers = images
+            .iter()
+            .filter(|i| {
+                i.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_BUILD_LAYER)
+                    && !i.repo_tags.iter().any(|t| t != "<none>:<none>")
+            })
+            .map(|i| i.id.clone())
+            .collect();
         inventory.images = images
             .into_iter()
             .filter_map(|i| {
@@ -359,7 +374,7 @@ impl Runtime {
     }
 
     /// The labels of the preview's image, for the `LABEL` line appended to its Dockerfile by
-    /// [`append_instruction`]. One line, one build step: the classic builder turns the build's
+    /// [`labelled_dockerfile`]. One line, one build step: the classic builder turns the build's
     /// `labels` parameter into one step (and one container) per label, seconds on every build.
     pub fn image_labels(&self, preview: &PreviewRef, tree: &str) -> Vec<(String, String)> {
         let mut labels: Vec<_> = self.labels(preview, "app").into_iter().collect();
@@ -394,6 +409,15 @@ impl Runtime {
             .tag(preview.short())
             .build();
         call("tag image", self.docker.tag_image(image, Some(options))).await
+    }
+
+    /// The labels every stage's layers get right after its `FROM`: this instance's, nothing
+    /// of a branch or commit, so the layer cache stays shared by every build of the instance.
+    pub fn layer_labels(&self) -> Vec<(String, String)> {
+        vec![
+            (LABEL_INSTANCE.into(), self.instance.clone()),
+            (LABEL_ROLE.into(), ROLE_BUILD_LAYER.into()),
+        ]
     }
 
     /// Builds `context` (a tar whose Dockerfile already carries the labels) into the preview's
@@ -619,6 +643,24 @@ impl Runtime {
         gone_is_fine(result.map(drop), "remove image")
     }
 
+    /// Removes a layer a build left behind, and its untagged parents, unless something still
+    /// uses it (a container of a build, an image built on it since): that conflict, and a
+    /// layer already gone, count as done; a later pass looks again.
+    pub async fn remove_leftover_layer(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveImageOptionsBuilder::new().force(false).build();
+        let result = within(
+            "remove build layer",
+            self.docker.remove_image(id, Some(options), None),
+        )
+        .await?;
+        match result {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            other => gone_is_fine(other.map(drop), "remove build layer"),
+        }
+    }
+
     /// Removes a network by id. Already gone counts as done.
     pub async fn remove_network(&self, id: &str) -> Result<(), DockerError> {
         let result = within("remove network", self.docker.remove_network(id)).await?;
@@ -626,11 +668,56 @@ impl Runtime {
     }
 }
 
-/// `dockerfile` with one `LABEL` instruction for `labels` appended. Values are quoted with the
-/// Dockerfile's own escape character (a `# escape=` directive may change it), and `$` is
-/// escaped so the builder does not expand it.
-pub fn append_instruction(dockerfile: &[u8], labels: &[(String, String)]) -> Vec<u8> {
+/// `dockerfile` as previewd builds it: a `LABEL` of `layer_labels` right after each `FROM`
+/// (every layer of every stage then carries them, finished build or not) and one `LABEL` of
+/// `image_labels` appended (the image's own). Values are quoted with the Dockerfile's own
+/// escape character (a `# escape=` directive may change it), and `$` is escaped so the
+/// builder does not expand it.
+pub fn labelled_dockerfile(
+    dockerfile: &[u8],
+    layer_labels: &[(String, String)],
+    image_labels: &[(String, String)],
+) -> Vec<u8> {
     let escape = escape_char(dockerfile);
+    let mut escape_bytes = [0u8; 4];
+    let escape_bytes = escape.encode_utf8(&mut escape_bytes).as_bytes();
+    let layer_line = label_instruction(layer_labels, escape);
+    let mut out = Vec::with_capacity(dockerfile.len() + 256);
+    // Inside an instruction that goes on after a line ending in the escape character.
+    let mut continuing = false;
+    let mut in_from = false;
+    for line in dockerfile.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line);
+        let text = line.trim_ascii();
+        // Blank lines and comments neither start nor end an instruction.
+        if text.is_empty() || text.starts_with(b"#") {
+            continue;
+        }
+        if !continuing {
+            in_from = text.len() > 4
+                && text[..4].eq_ignore_ascii_case(b"FROM")
+                && text[4].is_ascii_whitespace();
+        }
+        continuing = text.ends_with(escape_bytes);
+        if in_from && !continuing {
+            if !out.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(layer_line.as_bytes());
+            out.push(b'\n');
+            in_from = false;
+        }
+    }
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(label_instruction(image_labels, escape).as_bytes());
+    out.push(b'\n');
+    out
+}
+
+/// One `LABEL` instruction for `labels`, quoted for a Dockerfile whose escape is `escape`.
+fn label_instruction(labels: &[(String, String)], escape: char) -> String {
     let quote = |s: &str| {
         let mut out = String::with_capacity(s.len() + 2);
         out.push('"');
@@ -650,13 +737,7 @@ pub fn append_instruction(dockerfile: &[u8], labels: &[(String, String)]) -> Vec
         line.push('=');
         line.push_str(&quote(value));
     }
-    let mut out = dockerfile.to_vec();
-    if !out.is_empty() && !out.ends_with(b"\n") {
-        out.push(b'\n');
-    }
-    out.extend_from_slice(line.as_bytes());
-    out.push(b'\n');
-    out
+    line
 }
 
 /// The escape character of a Dockerfile: `\\` unless a leading `# escape=` directive says.
@@ -724,19 +805,55 @@ mod tests {
         ]
     }
 
+    fn layer() -> Vec<(String, String)> {
+        vec![("previewd.role".into(), "build-layer".into())]
+    }
+
+    const LAYER: &str = "LABEL \"previewd.role\"=\"build-layer\"";
+
+    fn labelled(dockerfile: &str) -> String {
+        String::from_utf8(labelled_dockerfile(
+            dockerfile.as_bytes(),
+            &layer(),
+            &labels(),
+        ))
+        .unwrap()
+    }
+
     #[test]
-    fn labels_are_one_quoted_instruction() {
-        let out = append_instruction(b"FROM scratch", &labels());
+    fn the_image_labels_are_one_quoted_instruction_at_the_end() {
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "FROM scratch\nLABEL \"previewd.branch\"=\"fix/\\\"quote\\\"-\\$HOME\" \"previewd.slug\"=\"fix-quote-home\"\n"
+            labelled("FROM scratch"),
+            format!(
+                "FROM scratch\n{LAYER}\nLABEL \"previewd.branch\"=\"fix/\\\"quote\\\"-\\$HOME\" \"previewd.slug\"=\"fix-quote-home\"\n"
+            )
+        );
+    }
+
+    #[test]
+    fn every_stage_labels_its_layers_right_after_its_from() {
+        let text = labelled(
+            "# a comment\nfrom node AS build\nRUN make \\\n  FROM-not-an-instruction\n\
+             FROM --platform=linux/amd64 \\\n  # a comment inside\n  nginx\nCOPY --from=build /a /b\n",
+        );
+        assert_eq!(
+            text,
+            format!(
+                "# a comment\nfrom node AS build\n{LAYER}\nRUN make \\\n  FROM-not-an-instruction\n\
+                 FROM --platform=linux/amd64 \\\n  # a comment inside\n  nginx\n{LAYER}\n\
+                 COPY --from=build /a /b\n{}\n",
+                label_instruction(&labels(), '\\')
+            )
         );
     }
 
     #[test]
     fn the_escape_directive_is_honoured() {
-        let out = append_instruction(b"# escape=`\nFROM scratch\n", &labels());
-        let text = String::from_utf8(out).unwrap();
+        let text = labelled("# escape=`\nFROM scratch `\n  AS base\n");
+        assert!(
+            text.contains("  AS base\nLABEL \"previewd.role\""),
+            "{text}"
+        );
         assert!(
             text.ends_with("\"fix/`\"quote`\"-`$HOME\" \"previewd.slug\"=\"fix-quote-home\"\n"),
             "{text}"

@@ -201,3 +201,89 @@ fn a_cap_on_previews_removes_the_idlest_first() {
     assert_eq!(env.get("middle", "/"), (200, "middle\n".to_owned()));
     assert_eq!(env.objects("container", &[]).len(), 2);
 }
+
+/// Images anywhere on the engine (labelled or not) with a layer that copied into `path`: a
+/// build's layers, found by what they hold.
+fn images_with_layer_into(path: &str) -> Vec<String> {
+    docker(&["images", "-a", "-q", "--no-trunc"])
+        .lines()
+        .filter(|id| {
+            docker(&["history", "--no-trunc", "--format", "{{.CreatedBy}}", id])
+                .lines()
+                .any(|step| {
+                    step.ends_with(&format!(" in {path} "))
+                        || step.ends_with(&format!(" in {path}"))
+                })
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The bug this pins: a build that failed at a later step, or that a newer push cancelled,
+/// left the layers it had committed as untagged images without previewd's labels, which no
+/// collection could find: a disk leak on every broken or superseded push.
+#[test]
+fn failed_and_cancelled_builds_leave_no_layers_behind() {
+    let mut env = test_env!("leftover");
+    env.start();
+    let marker = |what: &str| format!("/marker-{}-{what}", env.instance);
+    let dockerfile = |copy_to: &str, last_step: &str| {
+        format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www {copy_to}\n{last_step}\nEXPOSE 8080\n\
+             ENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"{copy_to}\"]\n"
+        )
+    };
+
+    // Fails after two committed steps.
+    env.checkout("fails-late");
+    std::fs::write(
+        env.work.join("Dockerfile"),
+        dockerfile(&marker("failed"), "RUN [\"/bin/busybox\", \"false\"]"),
+    )
+    .unwrap();
+    env.git(&["commit", "-q", "-am", "a build that fails late"]);
+    env.push(&["fails-late"]);
+    eventually(LIVE, "the late failure shown", || {
+        env.row("fails-late").filter(|r| r["state"] == "failed")
+    });
+
+    // Cancelled in its slow last step by a newer push.
+    env.checkout("superseded");
+    std::fs::write(
+        env.work.join("Dockerfile"),
+        dockerfile(
+            &marker("cancelled"),
+            "RUN [\"/bin/busybox\", \"sleep\", \"60\"]",
+        ),
+    )
+    .unwrap();
+    env.git(&["commit", "-q", "-am", "a slow build"]);
+    let slow = env.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    env.push(&["superseded"]);
+    let log = env
+        .state
+        .join("logs/superseded")
+        .join(format!("{}.log", &slow[..12]));
+    eventually(LIVE, "the slow build in its last step", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|text| text.contains("sleep"))
+    });
+    assert!(
+        !images_with_layer_into(&marker("cancelled")).is_empty(),
+        "the build committed layers"
+    );
+    std::fs::write(env.work.join("Dockerfile"), previewd_e2e::DOCKERFILE).unwrap();
+    env.git(&["commit", "-q", "-am", "a quick build"]);
+    env.push(&["superseded"]);
+    env.wait_for_body("superseded", "main\n", LIVE);
+
+    for what in ["failed", "cancelled"] {
+        eventually(LIVE, "the layers collected", || {
+            images_with_layer_into(&marker(what))
+                .is_empty()
+                .then_some(())
+        });
+    }
+    assert!(env.daemon_running());
+}

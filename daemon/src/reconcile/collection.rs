@@ -47,6 +47,9 @@ pub fn describe(
                 lines.push(format!("container {name} (superseded)"));
             }
             Action::RemoveImage { id, .. } => lines.push(format!("image {id} (superseded)")),
+            Action::RemoveLeftoverLayer { id } => {
+                lines.push(format!("image {id} (a layer an unfinished build left)"));
+            }
             Action::Deploy(_) | Action::Restart { .. } | Action::Cancel { .. } => {}
         }
     }
@@ -94,6 +97,7 @@ mod tests {
                 branch: "old".into(),
                 slug: "old".into(),
             }],
+            ..Inventory::default()
         };
         let expired = BTreeMap::from([(
             "feature/idle".to_string(),

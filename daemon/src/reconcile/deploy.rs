@@ -151,10 +151,11 @@ async fn build(
 ) -> Result<(), DeployFailure> {
     let fail = DeployFailure::commit;
     let mirror = ctx.mirror.clone();
-    let labelled = ctx.runtime.image_labels(preview, tree);
+    let layer_labels = ctx.runtime.layer_labels();
+    let image_labels = ctx.runtime.image_labels(preview, tree);
     let context = tokio::task::spawn_blocking(move || {
         mirror::context_tar(&mirror, commit, |dockerfile| {
-            docker::append_instruction(dockerfile, &labelled)
+            docker::labelled_dockerfile(dockerfile, &layer_labels, &image_labels)
         })
     })
     .await

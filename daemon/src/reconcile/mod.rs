@@ -596,6 +596,15 @@ impl Reconciler {
                     tracing::warn!(preview = %slug, %error, "cannot remove superseded image");
                 }
             }
+            // A build in flight may be using a layer that looks left over for a moment
+            // (committed, its next step not yet started), as with images.
+            Action::RemoveLeftoverLayer { id } => {
+                if self.deploying() {
+                    tracing::debug!(layer = %id, "build layer removal waits for the deploys in flight");
+                } else if let Err(error) = self.runtime.remove_leftover_layer(&id).await {
+                    tracing::warn!(layer = %id, %error, "cannot remove a layer a build left behind");
+                }
+            }
             Action::Retire { slug } => self.retire(&slug, inventory).await,
             Action::Cancel { slug } => {
                 if let Some(flight) = self.in_flight.remove(&slug) {

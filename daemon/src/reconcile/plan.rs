@@ -68,6 +68,9 @@ pub enum Action {
     /// An image tag (or, untagged, an image id) no container of the preview uses and that is
     /// not the wanted commit's.
     RemoveImage { slug: String, id: String },
+    /// An untagged build layer nothing is built on: left by a build that failed, was
+    /// cancelled or was killed (and, with multi-stage Dockerfiles, by finished ones).
+    RemoveLeftoverLayer { id: String },
     /// A deploy of a commit the branch has moved past: stop it, the tip deploys instead.
     Cancel { slug: String },
     /// The branch is merged or deleted: stop its deploy and remove every object of the slug.
@@ -265,6 +268,9 @@ pub fn plan(world: &World<'_>) -> Vec<Action> {
         if !world.wanted.contains_key(slug) && !world.unreadable.contains_key(slug) {
             actions.push(Action::Retire { slug: slug.clone() });
         }
+    }
+    for id in &inv.leftover_layers {
+        actions.push(Action::RemoveLeftoverLayer { id: id.clone() });
     }
     actions
 }
@@ -530,6 +536,26 @@ mod tests {
     }
 
     #[test]
+    fn layers_unfinished_builds_left_are_removed() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![container("c1", "a", NEW, true)],
+                images: vec![image("i1", "a", NEW)],
+                leftover_layers: vec!["sha256:left".into()],
+                ..Inventory::default()
+            },
+            ..Case::default()
+        };
+        assert_eq!(
+            case.run(plan),
+            vec![Action::RemoveLeftoverLayer {
+                id: "sha256:left".into()
+            }]
+        );
+    }
+
+    #[test]
     fn a_running_tip_is_adopted_not_rebuilt() {
         let case = Case {
             wanted: vec![preview("a", NEW)],
@@ -537,6 +563,7 @@ mod tests {
                 containers: vec![container("c1", "a", NEW, true)],
                 images: vec![image("i1", "a", NEW)],
                 networks: vec![network("n1", "a")],
+                ..Inventory::default()
             },
             ..Case::default()
         };
@@ -556,6 +583,7 @@ mod tests {
                 containers: vec![container("old", "a", OLD, true)],
                 images: vec![image("i-old", "a", OLD)],
                 networks: vec![],
+                ..Inventory::default()
             },
             ..Case::default()
         };
@@ -719,6 +747,7 @@ mod tests {
                 ],
                 images: vec![shared],
                 networks: vec![],
+                ..Inventory::default()
             },
             ..Case::default()
         };
@@ -818,6 +847,7 @@ mod tests {
                 containers: vec![container("c", "gone", OLD, true)],
                 images: vec![image("i", "gone", OLD)],
                 networks: vec![network("n", "gone")],
+                ..Inventory::default()
             },
             ..Case::default()
         };
@@ -874,6 +904,7 @@ mod tests {
                 containers: vec![container("cb", "b", OLD, true)],
                 images: vec![image("ib", "b", OLD)],
                 networks: vec![],
+                ..Inventory::default()
             },
             failed: vec![("a", NEW)],
             ..Case::default()
