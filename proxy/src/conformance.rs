@@ -238,11 +238,7 @@ fn same_authority(authority: &str, host: &str, scheme: &str) -> bool {
 }
 
 fn parse_host(raw: &str) -> Result<RequestHost, Refusal> {
-    let name = normalize_host(raw).ok_or(Refusal::InvalidHost)?;
-    Ok(RequestHost {
-        raw: raw.to_owned(),
-        name,
-    })
+    RequestHost::parse(raw).ok_or(Refusal::InvalidHost)
 }
 
 /// hyper refuses a `Transfer-Encoding` whose last coding is not `chunked`

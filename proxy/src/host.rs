@@ -63,11 +63,18 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Option<RequestHost> {
         Some(authority) => authority.as_str(),
         None => req.headers().get(HOST)?.to_str().ok()?,
     };
-    let name = normalize_host(raw)?;
-    Some(RequestHost {
-        raw: raw.to_owned(),
-        name,
-    })
+    RequestHost::parse(raw)
+}
+
+impl RequestHost {
+    /// `raw` as a request host, `None` when it is not a valid one.
+    pub(crate) fn parse(raw: &str) -> Option<Self> {
+        let name = normalize_host(raw)?;
+        Some(Self {
+            raw: raw.to_owned(),
+            name,
+        })
+    }
 }
 
 /// True when `name` (already normalized) is `domain` itself or a name below it.

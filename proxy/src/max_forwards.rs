@@ -24,7 +24,12 @@ fn value<B>(req: &Request<B>) -> Result<Option<u64>, Refusal> {
     if !applies(req.method()) {
         return Ok(None);
     }
-    let mut fields = req.headers().get_all(MAX_FORWARDS).iter();
+    count(req.headers())
+}
+
+/// `Max-Forwards` as one number; `None` when absent.
+fn count(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
+    let mut fields = headers.get_all(MAX_FORWARDS).iter();
     let Some(field) = fields.next() else {
         return Ok(None);
     };
@@ -69,19 +74,15 @@ pub(crate) fn final_answer<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
     Some(response)
 }
 
-/// Counts this hop: the forwarded request carries one less.
+/// Counts this hop: the forwarded request carries one less. (`check` has
+/// refused a value that is not one number.)
 pub(crate) fn decrement(method: &Method, headers: &mut HeaderMap) {
     if !applies(method) {
         return;
     }
-    let Some(left) = headers
-        .get(MAX_FORWARDS)
-        .and_then(|value| value.to_str().ok())
-        .map(|text| text.parse::<u64>().unwrap_or(u64::MAX))
-    else {
-        return;
-    };
-    headers.insert(MAX_FORWARDS, HeaderValue::from(left.saturating_sub(1)));
+    if let Ok(Some(left)) = count(headers) {
+        headers.insert(MAX_FORWARDS, HeaderValue::from(left.saturating_sub(1)));
+    }
 }
 
 fn reflect<B>(req: &Request<B>) -> bytes::Bytes {

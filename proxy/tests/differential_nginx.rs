@@ -490,7 +490,7 @@ async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Arrivals>>) {
                             arrivals.open += 1;
                             reading = Some(id.clone());
                         }
-                        if let Some(len) = framed_len(&buf, head_end + 4, &head) {
+                        if let Some(len) = complete_request(&buf) {
                             buf.drain(..len);
                             {
                                 let mut arrivals = record.lock().expect("arrivals");
@@ -536,38 +536,6 @@ fn variant_id(head: &str) -> String {
             || format!("(none) {}", head.lines().next().unwrap_or_default()),
             |word| String::from_utf8_lossy(word).into_owned(),
         )
-}
-
-/// The length of the request in `buf` whose body starts at `body`, once all
-/// of it is there.
-fn framed_len(buf: &[u8], body: usize, head: &str) -> Option<usize> {
-    let field = |name: &str| {
-        head.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
-    if field("transfer-encoding").is_some() {
-        let mut at = body;
-        loop {
-            let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
-            let size = String::from_utf8_lossy(&buf[at..end]);
-            let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-            at = end + 2;
-            if size == 0 {
-                loop {
-                    let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
-                    let blank = end == at;
-                    at = end + 2;
-                    if blank {
-                        return Some(at);
-                    }
-                }
-            }
-            at += size + 2;
-        }
-    }
-    let len: usize = field("content-length").map_or(Some(0), |v| v.parse().ok())?;
-    (buf.len() >= body + len).then_some(body + len)
 }
 
 /// Sends `bytes` on a fresh TLS connection; returns the first final status,

@@ -155,12 +155,7 @@ async fn overlong_target_gets_414_and_is_never_forwarded() {
     assert_eq!(answer.status, StatusCode::URI_TOO_LONG, "{answer:?}");
     answer.assert_noindex();
 
-    let tls = proxy.tls(APP, &[b"h2"]).await.expect("TLS");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2_sender(&proxy, APP).await;
     let req = Request::get(format!("https://{APP}{long}"))
         .body(Full::new(Bytes::new()))
         .expect("request");

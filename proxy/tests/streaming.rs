@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use support::*;
@@ -173,12 +173,7 @@ async fn download_of_100_mib_streams_over_http1() {
 async fn upload_of_100_mib_streams_over_http2() {
     let proxy = start().await;
     with_bounded_memory("HTTP/2 upload", async {
-        let tls = proxy.tls(APP, &[b"h2"]).await.expect("TLS");
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .expect("h2 handshake");
-        tokio::spawn(conn);
+        let mut sender = h2_sender(&proxy, APP).await;
         let req = Request::post(format!("https://{APP}/upload"))
             .body(Zeros { left: BODY_BYTES })
             .expect("request");
@@ -196,12 +191,7 @@ async fn upload_of_100_mib_streams_over_http2() {
 async fn download_of_100_mib_streams_over_http2() {
     let proxy = start().await;
     with_bounded_memory("HTTP/2 download", async {
-        let tls = proxy.tls(APP, &[b"h2"]).await.expect("TLS");
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .expect("h2 handshake");
-        tokio::spawn(conn);
+        let mut sender = h2_sender(&proxy, APP).await;
         let req = Request::get(format!("https://{APP}/download"))
             .body(Zeros { left: 0 })
             .expect("request");

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use previewd_proxy::RouteTable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -80,12 +80,7 @@ async fn upstream_reset_mid_response_aborts_the_http1_response() {
 #[tokio::test]
 async fn upstream_reset_mid_response_resets_only_the_http2_stream() {
     let proxy = Proxy::start(table().await).await;
-    let tls = proxy.tls(BROKEN, &[b"h2"]).await.expect("TLS");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2_sender(&proxy, BROKEN).await;
     let req = Request::get(format!("https://{BROKEN}/"))
         .body(Full::new(Bytes::new()))
         .expect("request");

@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use previewd_proxy::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use support::*;
 
@@ -52,6 +53,22 @@ fn logged(needle: &[&str]) -> bool {
     let text = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
     text.lines()
         .any(|line| needle.iter().all(|part| line.contains(part)))
+}
+
+/// An upstream on loopback that runs `serve` on each connection it accepts.
+async fn serving<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
 }
 
 /// The bug this pins: a malformed chunk was answered 502 "Preview not
@@ -187,38 +204,32 @@ async fn a_steady_upload_may_outlast_the_response_timeout() {
 /// sends 10; sends the other 990 only once the request's chunked body has
 /// come whole (its last chunk), and nothing more if it ends otherwise.
 async fn early_answering_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let mut answered = false;
-                loop {
-                    let Ok(n) = stream.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&chunk[..n]);
-                    if !answered && seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        answered = true;
-                        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789";
-                        if stream.write_all(head).await.is_err() {
-                            return;
-                        }
-                    }
-                    if seen.ends_with(b"\r\n0\r\n\r\n") {
-                        let _ = stream.write_all(&[b'.'; 990]).await;
-                        return;
-                    }
+    serving(|mut stream| async move {
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut answered = false;
+        loop {
+            let Ok(n) = stream.read(&mut chunk).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+            if !answered && seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                answered = true;
+                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789";
+                if stream.write_all(head).await.is_err() {
+                    return;
                 }
-            });
+            }
+            if seen.ends_with(b"\r\n0\r\n\r\n") {
+                let _ = stream.write_all(&[b'.'; 990]).await;
+                return;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// When the response has already begun, a body error can only end the
@@ -260,17 +271,11 @@ async fn a_body_error_after_the_response_began_closes_the_connection() {
 
 /// An upstream that reads a request whole and never answers.
 async fn mute_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut sink = Vec::new();
-                let _ = stream.read_to_end(&mut sink).await;
-            });
-        }
-    });
-    addr
+    serving(|mut stream| async move {
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink).await;
+    })
+    .await
 }
 
 /// The bug this pins: a sized body never counted as over (hyper stops
@@ -378,15 +383,11 @@ async fn a_body_that_stops_after_an_early_answer_ends_the_connection() {
 #[tokio::test]
 async fn an_upstream_that_closes_without_answering_is_502() {
     logs();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let upstream = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut head = [0u8; 1024];
-            let _ = stream.read(&mut head).await;
-            drop(stream);
-        }
-    });
+    let upstream = serving(|mut stream| async move {
+        let mut head = [0u8; 1024];
+        let _ = stream.read(&mut head).await;
+    })
+    .await;
     let proxy = Proxy::start(app_at(upstream)).await;
     let answer = proxy.get(APP, "/").await;
     assert_eq!(answer.status, 502);
@@ -404,26 +405,20 @@ async fn an_upstream_that_closes_without_answering_is_502() {
 
 /// Answers every request after `delay`.
 async fn slow_upstream(delay: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 4096];
-                if stream.read(&mut head).await.is_err() {
-                    return;
-                }
-                // The preview taking its time, on purpose.
-                tokio::time::sleep(delay).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
-                    .await;
-                let mut rest = Vec::new();
-                let _ = stream.read_to_end(&mut rest).await;
-            });
+    serving(move |mut stream| async move {
+        let mut head = [0u8; 4096];
+        if stream.read(&mut head).await.is_err() {
+            return;
         }
-    });
-    addr
+        // The preview taking its time, on purpose.
+        tokio::time::sleep(delay).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+            .await;
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    })
+    .await
 }
 
 /// The bug this pins: upstream connections got the client's idle timeout,

@@ -5,12 +5,11 @@
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::{within, Proxy, APP};
+use super::{h2_sender, within, Proxy, APP};
 
 pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
@@ -287,12 +286,7 @@ pub async fn goaway(reader: &mut ReadHalf<TlsStream<TcpStream>>) -> Option<Frame
 
 /// A fresh HTTP/2 connection still gets a 200.
 pub async fn h2_get_works(proxy: &Proxy) {
-    let tls = proxy.tls(APP, &[b"h2"]).await.expect("TLS");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2_sender(proxy, APP).await;
     let req = Request::get(format!("https://{APP}/fresh"))
         .body(Full::new(Bytes::new()))
         .expect("request");

@@ -128,6 +128,25 @@ impl Proxy {
     }
 }
 
+/// An HTTP/2 client connection to the proxy with SNI `sni`, its connection
+/// driven in a task of its own.
+pub async fn h2_sender<B>(proxy: &Proxy, sni: &str) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = proxy.tls(sni, &[b"h2"]).await.expect("TLS");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 /// One HTTP/1.1 request over an already established TLS connection.
 pub async fn send_h1_over(tls: TlsStream<TcpStream>, req: Request<Full<Bytes>>) -> Answer {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -433,8 +452,9 @@ pub async fn raw_echo_upstream() -> (SocketAddr, Received) {
 }
 
 /// The length of the complete request at the start of `buf`, if it is all
-/// there. Only as lenient as reading what previewd itself sends requires.
-fn complete_request(buf: &[u8]) -> Option<usize> {
+/// there: its head to the blank line, then a body by `Content-Length` or
+/// chunked, judging nothing else (what a proxy forwards is well-formed).
+pub fn complete_request(buf: &[u8]) -> Option<usize> {
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     let field = |name: &str| {
