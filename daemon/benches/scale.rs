@@ -23,10 +23,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use previewd::docker::{ContainerInfo, ImageInfo, Inventory, NetworkInfo, PreviewRef};
+use previewd::docker::{ContainerInfo, ImageInfo, Inventory, NetworkInfo};
 use previewd::merged::{MergedCache, MergedRule};
 use previewd::mirror::{self, Desired};
-use previewd::reconcile::plan::{self, FailedBuild, Flight, Unreadable, World};
+use previewd::model::{FailedBuild, PreviewRef, Unreadable};
+use previewd::reconcile::plan::{self, Flight, World};
 
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)

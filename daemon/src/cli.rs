@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RunArgs};
-use crate::reconcile::plan::PreviewStatus;
+use crate::model::PreviewStatus;
 use crate::{control, daemon, hook, standalone};
 
 #[derive(Debug, Parser)]

@@ -15,7 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::reconcile::plan::PreviewStatus;
+use crate::model::PreviewStatus;
 use crate::reconcile::{GcRequest, SharedStatus, Trigger};
 
 /// How long a poke waits for its reconcile pass before answering with what is known.

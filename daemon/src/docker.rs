@@ -20,6 +20,8 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::model::PreviewRef;
+
 pub const LABEL_INSTANCE: &str = "previewd.instance";
 pub const LABEL_BRANCH: &str = "previewd.branch";
 pub const LABEL_SLUG: &str = "previewd.slug";
@@ -84,21 +86,6 @@ async fn call<T>(
     fut: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
 ) -> Result<T, DockerError> {
     within(call, fut).await?.map_err(api(call))
-}
-
-/// One branch's preview at one commit: everything needed to name and label its objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreviewRef {
-    pub branch: String,
-    pub slug: String,
-    /// Full 40-hex commit id.
-    pub commit: String,
-}
-
-impl PreviewRef {
-    pub fn short(&self) -> &str {
-        &self.commit[..self.commit.len().min(12)]
-    }
 }
 
 /// A container of this instance, as listed.

@@ -16,6 +16,7 @@ pub mod health;
 mod hook;
 pub mod merged;
 pub mod mirror;
+pub mod model;
 pub mod reconcile;
 mod route_admin;
 mod sd_notify;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::reconcile::plan::FailedBuild;
+use crate::model::FailedBuild;
 
 /// The record files under `<state-dir>`.
 #[derive(Debug, Clone)]

@@ -10,8 +10,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use super::Report;
-use crate::docker::{self, DockerError, PreviewRef, Runtime};
+use crate::docker::{self, DockerError, Runtime};
 use crate::health::HealthCheck;
+use crate::model::PreviewRef;
 use crate::{mirror, state};
 
 /// Lines of build or container log shown on a failure page.

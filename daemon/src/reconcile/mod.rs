@@ -19,13 +19,14 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::docker::{DockerError, Inventory, PreviewRef, Runtime};
+use crate::docker::{DockerError, Inventory, Runtime};
 use crate::merged::MergedCache;
 use crate::mirror::{self, MirrorError};
+use crate::model::{FailedBuild, PreviewRef, PreviewStatus, Unreadable};
 use crate::state::Records;
 use deploy::{DeployContext, DeployFailure, Phase};
 use expiry::Expiry;
-use plan::{Action, FailedBuild, Flight, PreviewStatus, RetireGuard, Unreadable, Verdict, World};
+use plan::{Action, Flight, RetireGuard, Verdict, World};
 
 /// A request to reconcile now. A poke may ask for the previews' state after the pass.
 #[derive(Debug, Default)]

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use previewd_proxy::Route;
-use serde::{Deserialize, Serialize};
 
-use crate::docker::{tag_is_for, ContainerInfo, Inventory, PreviewRef};
+use crate::docker::{tag_is_for, ContainerInfo, Inventory};
 use crate::mirror::Desired;
+use crate::model::{FailedBuild, PreviewRef, PreviewState, PreviewStatus, Unreadable};
 use crate::slug;
 
 /// Everything a plan is made from, read fresh on every pass.
@@ -27,13 +27,6 @@ pub struct World<'a> {
     pub failed: &'a BTreeMap<String, FailedBuild>,
 }
 
-/// A branch whose tip could not be read (a corrupt object, say).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unreadable {
-    pub branch: String,
-    pub reason: String,
-}
-
 /// A deploy in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flight {
@@ -42,14 +35,6 @@ pub struct Flight {
     pub since: SystemTime,
     /// Place in the build queue, 1 first; `None` once building (or when no build is needed).
     pub queue_position: Option<usize>,
-}
-
-/// A commit that failed, kept so it is not retried in a loop. A new push clears it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailedBuild {
-    pub branch: String,
-    pub commit: String,
-    pub log_tail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,45 +60,6 @@ pub enum Action {
     Cancel { slug: String },
     /// The branch is merged or deleted: stop its deploy and remove every object of the slug.
     Retire { slug: String },
-}
-
-/// What `previewd ls` shows of one preview.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PreviewState {
-    /// Waiting for a build slot.
-    Queued,
-    Building,
-    Live,
-    Failed,
-}
-
-impl PreviewState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PreviewState::Queued => "queued",
-            PreviewState::Building => "building",
-            PreviewState::Live => "live",
-            PreviewState::Failed => "failed",
-        }
-    }
-}
-
-/// One row of `previewd ls`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PreviewStatus {
-    pub branch: String,
-    pub slug: String,
-    /// The branch tip the preview is for (full id).
-    pub commit: String,
-    pub state: PreviewState,
-    pub url: String,
-    /// Place in the build queue while `queued`, 1 first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue_position: Option<usize>,
-    /// Why the branch cannot be read from git, when it cannot (its preview is kept as it was).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 impl World<'_> {
