@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use previewd::docker::{ContainerInfo, ImageInfo, Inventory, NetworkInfo};
 use previewd::merged::{MergedCache, MergedRule};
 use previewd::mirror::{self, Desired};
-use previewd::model::{FailedBuild, PreviewRef, Unreadable};
+use previewd::model::{FailedBuild, Lifetime, PreviewRef, Unreadable};
 use previewd::reconcile::plan::{self, Flight, World};
 
 fn knob(name: &str, default: usize) -> usize {
@@ -217,6 +217,11 @@ fn inventory_of(wanted: &BTreeMap<String, PreviewRef>) -> Inventory {
             branch: p.branch.clone(),
             slug: p.slug.clone(),
             commit: p.commit.clone(),
+            service: "app".into(),
+            lifetime: Lifetime::Commit,
+            job: false,
+            web: true,
+            exit_code: None,
             running: true,
             upstream: Some(upstream),
         });

@@ -13,20 +13,30 @@ use bollard::models::{
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
     InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::model::PreviewRef;
+use crate::model::{Lifetime, PreviewRef, APP_SERVICE};
 
 pub const LABEL_INSTANCE: &str = "previewd.instance";
 pub const LABEL_BRANCH: &str = "previewd.branch";
 pub const LABEL_SLUG: &str = "previewd.slug";
 pub const LABEL_COMMIT: &str = "previewd.commit";
 pub const LABEL_ROLE: &str = "previewd.role";
+/// The compose service an object belongs to ([`APP_SERVICE`] for a bare Dockerfile).
+pub const LABEL_SERVICE: &str = "previewd.service";
+/// How long the object lives ([`Lifetime`]): with the preview, or with its commit.
+pub const LABEL_LIFETIME: &str = "previewd.lifetime";
+/// `previewd.role` of a long-running service's container and of the image built for it.
+pub const ROLE_APP: &str = "app";
+/// `previewd.role` of a one-off service's container (a migration, a seed): it runs to its end,
+/// and exiting 0 is its success, not a crash.
+pub const ROLE_JOB: &str = "job";
+pub const ROLE_NETWORK: &str = "network";
 /// `previewd.role` of the layers a build commits before its last step: every stage of a
 /// Dockerfile gets it right after its `FROM`, so layers a build leaves behind can be found.
 pub const ROLE_BUILD_LAYER: &str = "build-layer";
@@ -96,9 +106,37 @@ pub struct ContainerInfo {
     pub branch: String,
     pub slug: String,
     pub commit: String,
+    /// The compose service it runs.
+    pub service: String,
+    pub lifetime: Lifetime,
+    /// A one-off service (role [`ROLE_JOB`]): it is meant to exit.
+    pub job: bool,
+    /// The service that takes the preview's traffic (it carries `previewd.port`).
+    pub web: bool,
     pub running: bool,
-    /// Where the app answers: the container's address on its preview network and its port.
+    /// How it exited, once it has (and the engine said).
+    pub exit_code: Option<i64>,
+    /// Where it takes traffic: its address on its preview network and the port previewd
+    /// routes to. Only a service that takes traffic has one.
     pub upstream: Option<SocketAddr>,
+}
+
+impl ContainerInfo {
+    /// A one-off service that ran to success: done, not crashed.
+    pub fn job_done(&self) -> bool {
+        self.job && !self.running && self.exit_code == Some(0)
+    }
+}
+
+/// A volume of this instance, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub branch: String,
+    pub slug: String,
+    /// The commit it was made for.
+    pub commit: String,
+    pub lifetime: Lifetime,
 }
 
 /// A network of this instance, as listed.
@@ -133,6 +171,7 @@ pub struct Inventory {
     pub containers: Vec<ContainerInfo>,
     pub images: Vec<ImageInfo>,
     pub networks: Vec<NetworkInfo>,
+    pub volumes: Vec<VolumeInfo>,
     /// Ids of untagged build layers of this instance with nothing built on them: what a
     /// build that failed, was cancelled or was killed left behind.
     pub leftover_layers: Vec<String>,
@@ -146,6 +185,46 @@ impl Inventory {
             .map(|c| (&c.slug, &c.branch))
             .chain(self.images.iter().map(|i| (&i.slug, &i.branch)))
             .chain(self.networks.iter().map(|n| (&n.slug, &n.branch)))
+            .chain(self.volumes.iter().map(|v| (&v.slug, &v.branch)))
+    }
+}
+
+/// One preview's objects, as [`Inventory::stacks`] groups them.
+#[derive(Debug, Clone, Default)]
+pub struct Stack<'a> {
+    pub containers: Vec<&'a ContainerInfo>,
+    pub images: Vec<&'a ImageInfo>,
+    pub networks: Vec<&'a NetworkInfo>,
+    pub volumes: Vec<&'a VolumeInfo>,
+}
+
+impl Stack<'_> {
+    /// The container of the service that takes traffic at `commit`, if one exists.
+    pub fn web_at(&self, commit: &str) -> Option<&ContainerInfo> {
+        self.containers
+            .iter()
+            .copied()
+            .find(|c| c.web && c.commit == commit)
+    }
+}
+
+impl Inventory {
+    /// Every preview's objects, by slug.
+    pub fn stacks(&self) -> std::collections::BTreeMap<&str, Stack<'_>> {
+        let mut stacks: std::collections::BTreeMap<&str, Stack<'_>> = Default::default();
+        for c in &self.containers {
+            stacks.entry(&c.slug).or_default().containers.push(c);
+        }
+        for i in &self.images {
+            stacks.entry(&i.slug).or_default().images.push(i);
+        }
+        for n in &self.networks {
+            stacks.entry(&n.slug).or_default().networks.push(n);
+        }
+        for v in &self.volumes {
+            stacks.entry(&v.slug).or_default().volumes.push(v);
+        }
+        stacks
     }
 }
 
@@ -205,14 +284,27 @@ impl Runtime {
         )
     }
 
-    fn labels(&self, preview: &PreviewRef, role: &str) -> HashMap<String, String> {
-        HashMap::from([
+    /// The labels of an object previewd makes for `preview`: `service` is `None` for the
+    /// objects of the whole preview (its network).
+    fn labels(
+        &self,
+        preview: &PreviewRef,
+        role: &str,
+        service: Option<&str>,
+        lifetime: Lifetime,
+    ) -> HashMap<String, String> {
+        let mut labels = HashMap::from([
             (LABEL_INSTANCE.into(), self.instance.clone()),
             (LABEL_BRANCH.into(), preview.branch.clone()),
             (LABEL_SLUG.into(), preview.slug.clone()),
             (LABEL_COMMIT.into(), preview.commit.clone()),
             (LABEL_ROLE.into(), role.into()),
-        ])
+            (LABEL_LIFETIME.into(), lifetime.as_str().into()),
+        ]);
+        if let Some(service) = service {
+            labels.insert(LABEL_SERVICE.into(), service.into());
+        }
+        labels
     }
 
     fn instance_filter(&self) -> HashMap<String, Vec<String>> {
@@ -222,7 +314,7 @@ impl Runtime {
         )])
     }
 
-    /// Lists every container, image and network carrying this instance's label.
+    /// Lists every container, image, network and volume carrying this instance's label.
     pub async fn inventory(&self) -> Result<Inventory, DockerError> {
         let filter = self.instance_filter();
         let containers = ListContainersOptionsBuilder::new()
@@ -231,14 +323,16 @@ impl Runtime {
             .build();
         let images = ListImagesOptionsBuilder::new().filters(&filter).build();
         let networks = ListNetworksOptionsBuilder::new().filters(&filter).build();
-        // Three independent questions: asked at once, a pass waits for the slowest only.
-        let (containers, images, networks) = tokio::try_join!(
+        let volumes = ListVolumesOptionsBuilder::new().filters(&filter).build();
+        // Independent questions: asked at once, a pass waits for the slowest only.
+        let (containers, images, networks, volumes) = tokio::try_join!(
             call(
                 "list containers",
                 self.docker.list_containers(Some(containers))
             ),
             call("list images", self.docker.list_images(Some(images))),
             call("list networks", self.docker.list_networks(Some(networks))),
+            call("list volumes", self.docker.list_volumes(Some(volumes))),
         )?;
 
         let mut inventory = Inventory::default();
@@ -255,14 +349,24 @@ impl Runtime {
                 .and_then(|e| e.ip_address)
                 .and_then(|ip| ip.parse::<IpAddr>().ok());
             let port = labels.get(LABEL_PORT).and_then(|p| p.parse::<u16>().ok());
+            let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+            let exit_code = match c.state {
+                Some(ContainerSummaryStateEnum::EXITED) => c.status.as_deref().and_then(exit_code),
+                _ => None,
+            };
             inventory.containers.push(ContainerInfo {
                 name: c
                     .names
                     .and_then(|n| n.into_iter().next())
                     .map(|n| n.trim_start_matches('/').to_owned())
                     .unwrap_or_default(),
-                running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+                running,
+                exit_code,
                 upstream: ip.zip(port).map(|(ip, port)| SocketAddr::new(ip, port)),
+                job: labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_JOB),
+                web: port.is_some(),
+                service: object.service.unwrap_or_else(|| APP_SERVICE.into()),
+                lifetime: object.lifetime.unwrap_or(Lifetime::Commit),
                 id: object.id,
                 branch: object.branch,
                 slug: object.slug,
@@ -309,6 +413,21 @@ impl Runtime {
                 })
             })
             .collect();
+        inventory.volumes = volumes
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| {
+                let object = labelled(Some(v.name), &v.labels)?;
+                Some(VolumeInfo {
+                    name: object.id,
+                    branch: object.branch,
+                    slug: object.slug,
+                    commit: object.commit,
+                    lifetime: object.lifetime.unwrap_or(Lifetime::Preview),
+                })
+            })
+            .collect();
         Ok(inventory)
     }
 
@@ -330,7 +449,7 @@ impl Runtime {
         let request = NetworkCreateRequest {
             name,
             driver: Some("bridge".into()),
-            labels: Some(self.labels(preview, "network")),
+            labels: Some(self.labels(preview, ROLE_NETWORK, None, Lifetime::Preview)),
             ..Default::default()
         };
         match within("create network", self.docker.create_network(request)).await? {
@@ -364,7 +483,10 @@ impl Runtime {
     /// [`labelled_dockerfile`]. One line, one build step: the classic builder turns the build's
     /// `labels` parameter into one step (and one container) per label, seconds on every build.
     pub fn image_labels(&self, preview: &PreviewRef, tree: &str) -> Vec<(String, String)> {
-        let mut labels: Vec<_> = self.labels(preview, "app").into_iter().collect();
+        let mut labels: Vec<_> = self
+            .labels(preview, ROLE_APP, Some(APP_SERVICE), Lifetime::Commit)
+            .into_iter()
+            .collect();
         labels.push((LABEL_TREE.into(), tree.into()));
         labels.sort();
         labels
@@ -500,7 +622,7 @@ impl Runtime {
         let name = self.container_name(preview);
         let network = self.network_name(&preview.slug);
         self.remove_container(&name).await?;
-        let mut labels = self.labels(preview, "app");
+        let mut labels = self.labels(preview, ROLE_APP, Some(APP_SERVICE), Lifetime::Commit);
         labels.insert(LABEL_PORT.into(), port.to_string());
         let body = ContainerCreateBody {
             image: Some(self.image_tag(preview)),
@@ -544,7 +666,12 @@ impl Runtime {
             branch: preview.branch.clone(),
             slug: preview.slug.clone(),
             commit: preview.commit.clone(),
+            service: APP_SERVICE.into(),
+            lifetime: Lifetime::Commit,
+            job: false,
+            web: true,
             running: ip.is_some(),
+            exit_code: None,
             upstream: ip.map(|ip| SocketAddr::new(ip, port)),
         })
     }
@@ -646,6 +773,18 @@ impl Runtime {
             }) => Ok(()),
             other => gone_is_fine(other.map(drop), "remove build layer"),
         }
+    }
+
+    /// Removes a volume by name. Already gone counts as done; one a container still uses is
+    /// an error (the caller removes containers first).
+    pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        let result = within(
+            "remove volume",
+            self.docker
+                .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>),
+        )
+        .await?;
+        gone_is_fine(result, "remove volume")
     }
 
     /// Removes a network by id. Already gone counts as done.
@@ -768,6 +907,10 @@ struct Labelled {
     branch: String,
     slug: String,
     commit: String,
+    /// Absent on objects made before stacks (then the one service, [`APP_SERVICE`]).
+    service: Option<String>,
+    /// Absent on objects made before stacks (then read from what the object is).
+    lifetime: Option<Lifetime>,
 }
 
 /// The labels previewd reads back from an object; `None` for objects missing them (made by
@@ -778,7 +921,16 @@ fn labelled(id: Option<String>, labels: &HashMap<String, String>) -> Option<Labe
         branch: labels.get(LABEL_BRANCH)?.clone(),
         slug: labels.get(LABEL_SLUG)?.clone(),
         commit: labels.get(LABEL_COMMIT)?.clone(),
+        service: labels.get(LABEL_SERVICE).cloned(),
+        lifetime: labels.get(LABEL_LIFETIME).and_then(|l| Lifetime::parse(l)),
     })
+}
+
+/// The exit code in the engine's status line of an exited container, `Exited (0) 3 seconds
+/// ago`: the list call says no more, and inspecting each container would cost a call apiece.
+fn exit_code(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split_once(')')?.0.parse().ok()
 }
 
 #[cfg(test)]
@@ -832,6 +984,15 @@ mod tests {
                 label_instruction(&labels(), '\\')
             )
         );
+    }
+
+    #[test]
+    fn the_exit_code_is_read_from_the_status_line() {
+        assert_eq!(exit_code("Exited (0) 3 seconds ago"), Some(0));
+        assert_eq!(exit_code("Exited (137) About a minute ago"), Some(137));
+        assert_eq!(exit_code("Exited (-1) 2 hours ago"), Some(-1));
+        assert_eq!(exit_code("Up 5 seconds"), None);
+        assert_eq!(exit_code("Exited () ago"), None);
     }
 
     #[test]

@@ -72,3 +72,34 @@ pub struct PreviewStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// The service of a preview built from a bare Dockerfile: the one-service case of a stack.
+pub const APP_SERVICE: &str = "app";
+
+/// How long an object of a preview lives, as its `previewd.lifetime` label says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Lifetime {
+    /// Lives as long as the preview: its network, services without a build (a database, a
+    /// cache) and their volumes. A push keeps it; merge or delete removes it.
+    Preview,
+    /// Belongs to one commit: the services built from it, their images, one-off jobs. A push
+    /// replaces it once the new commit serves.
+    Commit,
+}
+
+impl Lifetime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifetime::Preview => "preview",
+            Lifetime::Commit => "commit",
+        }
+    }
+
+    pub fn parse(label: &str) -> Option<Self> {
+        match label {
+            "preview" => Some(Lifetime::Preview),
+            "commit" => Some(Lifetime::Commit),
+            _ => None,
+        }
+    }
+}

@@ -34,6 +34,9 @@ pub fn describe(
                     let name = i.tags.first().unwrap_or(&i.id);
                     lines.push(format!("image {name} ({why})"));
                 }
+                for v in inventory.volumes.iter().filter(|v| &v.slug == slug) {
+                    lines.push(format!("volume {} ({why})", v.name));
+                }
                 for n in inventory.networks.iter().filter(|n| &n.slug == slug) {
                     lines.push(format!("network {} ({why})", n.name));
                 }
@@ -47,6 +50,9 @@ pub fn describe(
                 lines.push(format!("container {name} (superseded)"));
             }
             Action::RemoveImage { id, .. } => lines.push(format!("image {id} (superseded)")),
+            Action::RemoveVolume { name, .. } => {
+                lines.push(format!("volume {name} (its commit was superseded)"));
+            }
             Action::RemoveLeftoverLayer { id } => {
                 lines.push(format!("image {id} (a layer an unfinished build left)"));
             }
@@ -60,6 +66,7 @@ pub fn describe(
 mod tests {
     use super::*;
     use crate::docker::{ContainerInfo, ImageInfo, NetworkInfo};
+    use crate::model::Lifetime;
     use std::time::Duration;
 
     #[test]
@@ -72,6 +79,11 @@ mod tests {
                     branch: "old".into(),
                     slug: "old".into(),
                     commit: "1".into(),
+                    service: "app".into(),
+                    lifetime: Lifetime::Commit,
+                    job: false,
+                    web: true,
+                    exit_code: None,
                     running: true,
                     upstream: None,
                 },
@@ -81,6 +93,11 @@ mod tests {
                     branch: "feature/idle".into(),
                     slug: "feature-idle".into(),
                     commit: "2".into(),
+                    service: "app".into(),
+                    lifetime: Lifetime::Commit,
+                    job: false,
+                    web: true,
+                    exit_code: None,
                     running: true,
                     upstream: None,
                 },

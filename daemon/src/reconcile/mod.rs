@@ -597,6 +597,11 @@ impl Reconciler {
                     tracing::warn!(preview = %slug, %error, "cannot remove superseded image");
                 }
             }
+            Action::RemoveVolume { slug, name } => {
+                if let Err(error) = self.runtime.remove_volume(&name).await {
+                    tracing::warn!(preview = %slug, volume = %name, %error, "cannot remove superseded volume");
+                }
+            }
             // A build in flight may be using a layer that looks left over for a moment
             // (committed, its next step not yet started), as with images.
             Action::RemoveLeftoverLayer { id } => {
@@ -673,7 +678,7 @@ impl Reconciler {
     }
 
     /// Removes everything of a merged or deleted branch: containers first (they hold the
-    /// image and the network), then images, then the network.
+    /// images, volumes and the network), then images, volumes, and the network.
     async fn retire(&mut self, slug: &str, inventory: &Inventory) {
         if !self.gone.contains(slug) {
             tracing::info!(preview = %slug, "branch merged, deleted or expired: removing its preview");
@@ -697,6 +702,12 @@ impl Reconciler {
                 clean = false;
             } else if let Err(error) = self.runtime.remove_image(&i.id).await {
                 tracing::warn!(preview = %slug, %error, "cannot remove image");
+                clean = false;
+            }
+        }
+        for v in inventory.volumes.iter().filter(|v| v.slug == slug) {
+            if let Err(error) = self.runtime.remove_volume(&v.name).await {
+                tracing::warn!(preview = %slug, volume = %v.name, %error, "cannot remove volume");
                 clean = false;
             }
         }
@@ -736,7 +747,7 @@ impl Reconciler {
     }
 }
 
-/// Keeps superseded running containers, and their previews' image removals, until each has
+/// Keeps superseded running containers, and their previews' image and volume removals, until each has
 /// drained for [`SWAP_DRAIN`] since it was first planned for removal (the route had already
 /// moved on: routes are published before actions run). Returns when to look again.
 fn hold_draining(
@@ -775,8 +786,13 @@ fn hold_draining(
         }
         _ => true,
     });
-    // The image is still in use by the draining container.
-    actions.retain(|a| !matches!(a, Action::RemoveImage { slug, .. } if held.contains(slug)));
+    // The image and the commit's volumes are still in use by the draining container.
+    actions.retain(|a| match a {
+        Action::RemoveImage { slug, .. } | Action::RemoveVolume { slug, .. } => {
+            !held.contains(slug)
+        }
+        _ => true,
+    });
     next
 }
 

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use previewd_proxy::Route;
 
-use crate::docker::{tag_is_for, ContainerInfo, Inventory};
+use crate::docker::{tag_is_for, ContainerInfo, Inventory, Stack};
 use crate::mirror::Desired;
-use crate::model::{FailedBuild, PreviewRef, PreviewState, PreviewStatus, Unreadable};
+use crate::model::{FailedBuild, Lifetime, PreviewRef, PreviewState, PreviewStatus, Unreadable};
 use crate::slug;
 
 /// Everything a plan is made from, read fresh on every pass.
@@ -53,6 +53,8 @@ pub enum Action {
     /// An image tag (or, untagged, an image id) no container of the preview uses and that is
     /// not the wanted commit's.
     RemoveImage { slug: String, id: String },
+    /// A volume whose lifetime was a commit the preview no longer keeps.
+    RemoveVolume { slug: String, name: String },
     /// An untagged build layer nothing is built on: left by a build that failed, was
     /// cancelled or was killed (and, with multi-stage Dockerfiles, by finished ones).
     RemoveLeftoverLayer { id: String },
@@ -79,6 +81,7 @@ impl World<'_> {
         let deploying = self.deploying(slug);
         self.inventory.containers.iter().find(|c| {
             c.slug == slug
+                && c.web
                 && c.commit == commit
                 && c.running
                 && c.upstream.is_some()
@@ -92,6 +95,7 @@ impl World<'_> {
             let deploying = self.deploying(&preview.slug);
             self.inventory.containers.iter().find(|c| {
                 c.slug == preview.slug
+                    && c.web
                     && c.running
                     && c.upstream.is_some()
                     && deploying != Some(c.commit.as_str())
@@ -143,9 +147,18 @@ pub fn assign<'a>(
 }
 
 /// The actions that move Docker towards what git wants.
+///
+/// A preview is a stack: objects whose lifetime is the preview (its network, services without
+/// a build and their volumes) stay across pushes; objects whose lifetime is a commit (the
+/// services built from it, their images, one-off jobs) give way once a newer commit serves.
+/// The tip serves when its web service (the one that takes traffic) runs and is not still
+/// being deployed; a job that exited 0 is done, not crashed.
 pub fn plan(world: &World<'_>) -> Vec<Action> {
     let mut actions = Vec::new();
+    let stacks = world.inventory.stacks();
+    let empty = Stack::default();
     for (slug, preview) in world.wanted {
+        let stack = stacks.get(slug.as_str()).unwrap_or(&empty);
         let tip_serves = world.serving(slug, &preview.commit).is_some();
         if let Some(flight) = world.in_flight.get(slug) {
             if flight.commit != preview.commit {
@@ -154,37 +167,51 @@ pub fn plan(world: &World<'_>) -> Vec<Action> {
             // The deploy owns the preview's objects until it reports back.
             continue;
         }
-        let containers = || {
-            world
-                .inventory
-                .containers
-                .iter()
-                .filter(|c| &c.slug == slug)
-        };
-        if !tip_serves && !world.failed_at(preview) {
-            let stopped_tip = containers().find(|c| c.commit == preview.commit && !c.running);
-            actions.push(match stopped_tip {
-                Some(c) => Action::Restart {
-                    preview: preview.clone(),
-                    id: c.id.clone(),
-                },
-                None => Action::Deploy(preview.clone()),
-            });
+        let kept_by_push =
+            |c: &ContainerInfo| c.lifetime == Lifetime::Preview || c.commit == preview.commit;
+        if !world.failed_at(preview) {
+            let stopped = |c: &ContainerInfo| kept_by_push(c) && !c.running && !c.job;
+            if tip_serves {
+                // Something the serving tip relies on stopped (its cache, say).
+                for c in stack.containers.iter().filter(|c| stopped(c)) {
+                    actions.push(Action::Restart {
+                        preview: preview.clone(),
+                        id: c.id.clone(),
+                    });
+                }
+            } else {
+                let stopped_web = stack.web_at(&preview.commit).filter(|c| !c.running);
+                actions.push(match stopped_web {
+                    Some(c) => Action::Restart {
+                        preview: preview.clone(),
+                        id: c.id.clone(),
+                    },
+                    None => Action::Deploy(preview.clone()),
+                });
+            }
         }
-        // Superseded by a serving tip, or dead and not the tip: nothing will route to it again.
-        let doomed = |c: &ContainerInfo| c.commit != preview.commit && (tip_serves || !c.running);
-        for c in containers().filter(|c| doomed(c)) {
+        // Of an older commit, and superseded by a serving tip or dead: nothing will route to it
+        // again.
+        let doomed = |c: &ContainerInfo| !kept_by_push(c) && (tip_serves || !c.running);
+        for c in stack.containers.iter().filter(|c| doomed(c)) {
             actions.push(Action::RemoveContainer {
                 slug: slug.clone(),
                 id: c.id.clone(),
                 running: c.running,
             });
         }
-        let kept = |tag: &str| {
-            tag_is_for(tag, &preview.commit)
-                || containers().any(|c| !doomed(c) && tag_is_for(tag, &c.commit))
-        };
-        for image in world.inventory.images.iter().filter(|i| &i.slug == slug) {
+        // The commits whose objects stay: the tip, and what still runs of an older one. A
+        // database's commit label only says which push created it.
+        let kept_commits: Vec<&str> = stack
+            .containers
+            .iter()
+            .filter(|c| c.lifetime == Lifetime::Commit && !doomed(c))
+            .map(|c| c.commit.as_str())
+            .chain([preview.commit.as_str()])
+            .collect();
+        let commit_kept = |commit: &str| kept_commits.contains(&commit);
+        let kept = |tag: &str| kept_commits.iter().any(|c| tag_is_for(tag, c));
+        for image in &stack.images {
             if image.tags.is_empty() {
                 // Lost every tag (retagged by hand, say): nothing can run it by name any more.
                 actions.push(Action::RemoveImage {
@@ -199,23 +226,27 @@ pub fn plan(world: &World<'_>) -> Vec<Action> {
                 });
             }
         }
+        for volume in &stack.volumes {
+            if volume.lifetime == Lifetime::Commit && !commit_kept(&volume.commit) {
+                actions.push(Action::RemoveVolume {
+                    slug: slug.clone(),
+                    name: volume.name.clone(),
+                });
+            }
+        }
     }
 
-    let inv = world.inventory;
-    let present: BTreeSet<&String> = inv
-        .containers
-        .iter()
-        .map(|c| &c.slug)
-        .chain(inv.images.iter().map(|i| &i.slug))
-        .chain(inv.networks.iter().map(|n| &n.slug))
-        .chain(world.in_flight.keys())
+    let present: BTreeSet<&str> = stacks
+        .keys()
+        .copied()
+        .chain(world.in_flight.keys().map(String::as_str))
         .collect();
     for slug in present {
         if !world.wanted.contains_key(slug) && !world.unreadable.contains_key(slug) {
-            actions.push(Action::Retire { slug: slug.clone() });
+            actions.push(Action::Retire { slug: slug.into() });
         }
     }
-    for id in &inv.leftover_layers {
+    for id in &world.inventory.leftover_layers {
         actions.push(Action::RemoveLeftoverLayer { id: id.clone() });
     }
     actions
@@ -361,7 +392,7 @@ impl RetireGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::{ImageInfo, NetworkInfo};
+    use crate::docker::{ImageInfo, NetworkInfo, VolumeInfo};
     use std::net::SocketAddr;
 
     const OLD: &str = "1111111111111111111111111111111111111111";
@@ -382,8 +413,59 @@ mod tests {
             branch: format!("branch/{slug}"),
             slug: slug.into(),
             commit: commit.into(),
+            service: "app".into(),
+            lifetime: Lifetime::Commit,
+            job: false,
+            web: true,
             running,
+            exit_code: None,
             upstream: Some(SocketAddr::from(([172, 18, 0, 2], 8080))),
+        }
+    }
+
+    /// A service that does not take traffic: a database (lifetime preview), a worker or a job
+    /// (lifetime commit).
+    fn service(
+        id: &str,
+        slug: &str,
+        commit: &str,
+        name: &str,
+        lifetime: Lifetime,
+    ) -> ContainerInfo {
+        ContainerInfo {
+            name: format!("previewd-t-{slug}-{name}"),
+            service: name.into(),
+            lifetime,
+            web: false,
+            upstream: None,
+            ..container(id, slug, commit, true)
+        }
+    }
+
+    fn job(id: &str, slug: &str, commit: &str, exit_code: i64) -> ContainerInfo {
+        ContainerInfo {
+            job: true,
+            running: false,
+            exit_code: Some(exit_code),
+            ..service(id, slug, commit, "migrate", Lifetime::Commit)
+        }
+    }
+
+    fn remove_container(slug: &str, id: &str, running: bool) -> Action {
+        Action::RemoveContainer {
+            slug: slug.into(),
+            id: id.into(),
+            running,
+        }
+    }
+
+    fn volume(name: &str, slug: &str, commit: &str, lifetime: Lifetime) -> VolumeInfo {
+        VolumeInfo {
+            name: name.into(),
+            branch: format!("branch/{slug}"),
+            slug: slug.into(),
+            commit: commit.into(),
+            lifetime,
         }
     }
 
@@ -859,5 +941,141 @@ mod tests {
         let routes = case.run(routes);
         assert!(matches!(routes["a"], Route::Failed { .. }));
         assert!(matches!(routes["b"], Route::Live { .. }));
+    }
+
+    #[test]
+    fn a_push_keeps_the_services_whose_lifetime_is_the_preview() {
+        // The tip serves; the database and its volume came with the first commit.
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![
+                    container("web-old", "a", OLD, true),
+                    container("web-new", "a", NEW, true),
+                    service("db", "a", OLD, "db", Lifetime::Preview),
+                    service("worker-old", "a", OLD, "worker", Lifetime::Commit),
+                ],
+                images: vec![image("img-old", "a", OLD), image("img-new", "a", NEW)],
+                volumes: vec![
+                    volume("a-data", "a", OLD, Lifetime::Preview),
+                    volume("a-scratch-old", "a", OLD, Lifetime::Commit),
+                    volume("a-scratch-new", "a", NEW, Lifetime::Commit),
+                ],
+                ..Inventory::default()
+            },
+            ..Case::default()
+        };
+        assert_eq!(
+            case.run(plan),
+            vec![
+                remove_container("a", "web-old", true),
+                remove_container("a", "worker-old", true),
+                Action::RemoveImage {
+                    slug: "a".into(),
+                    id: format!("previewd-t/a:{}", &OLD[..12])
+                },
+                Action::RemoveVolume {
+                    slug: "a".into(),
+                    name: "a-scratch-old".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_job_that_exited_0_is_done_not_crashed() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![
+                    container("web", "a", NEW, true),
+                    job("migrate", "a", NEW, 0),
+                ],
+                ..Inventory::default()
+            },
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![]);
+        assert_eq!(
+            case.run(|w| statuses(w, |s| s.into()))[0].state,
+            PreviewState::Live
+        );
+        assert!(case.inventory.containers[1].job_done());
+    }
+
+    #[test]
+    fn a_failed_job_is_not_restarted_and_an_old_one_goes_with_its_commit() {
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![
+                    container("web", "a", NEW, true),
+                    job("migrate-new", "a", NEW, 1),
+                    job("migrate-old", "a", OLD, 0),
+                ],
+                ..Inventory::default()
+            },
+            ..Case::default()
+        };
+        assert_eq!(
+            case.run(plan),
+            vec![remove_container("a", "migrate-old", false)]
+        );
+        assert!(!case.inventory.containers[1].job_done());
+    }
+
+    #[test]
+    fn a_stopped_service_behind_a_serving_tip_is_started_again() {
+        let mut cache = service("cache", "a", OLD, "cache", Lifetime::Preview);
+        cache.running = false;
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![container("web", "a", NEW, true), cache],
+                ..Inventory::default()
+            },
+            ..Case::default()
+        };
+        assert_eq!(
+            case.run(plan),
+            vec![Action::Restart {
+                preview: preview("a", NEW),
+                id: "cache".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn only_the_web_service_takes_traffic() {
+        // The database runs and has an address, but the web service is still to be deployed.
+        let mut db = service("db", "a", NEW, "db", Lifetime::Preview);
+        db.upstream = Some(SocketAddr::from(([172, 18, 0, 3], 5432)));
+        let case = Case {
+            wanted: vec![preview("a", NEW)],
+            inventory: Inventory {
+                containers: vec![db],
+                ..Inventory::default()
+            },
+            ..Case::default()
+        };
+        assert_eq!(case.run(plan), vec![Action::Deploy(preview("a", NEW))]);
+        assert!(matches!(case.run(routes)["a"], Route::Building { .. }));
+    }
+
+    #[test]
+    fn a_preview_with_only_a_volume_left_is_retired() {
+        let case = Case {
+            inventory: Inventory {
+                volumes: vec![volume("gone-data", "gone", OLD, Lifetime::Preview)],
+                ..Inventory::default()
+            },
+            ..Case::default()
+        };
+        assert_eq!(
+            case.run(plan),
+            vec![Action::Retire {
+                slug: "gone".into()
+            }]
+        );
     }
 }
