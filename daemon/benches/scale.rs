@@ -16,6 +16,9 @@
 //! one network per wanted preview, labelled as previewd labels them, so the plan is the
 //! steady state of a host with that many live previews (no actions).
 
+// A benchmark measures wall time on purpose.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;

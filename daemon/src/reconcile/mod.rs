@@ -7,15 +7,17 @@ mod collection;
 pub mod deploy;
 pub mod expiry;
 pub mod plan;
+pub mod policy;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use previewd_proxy::{Route, RouteTable, SharedRoutes};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -26,7 +28,8 @@ use crate::model::{FailedBuild, PreviewRef, PreviewStatus, Unreadable};
 use crate::state::Records;
 use deploy::{DeployContext, DeployFailure, Phase};
 use expiry::Expiry;
-use plan::{Action, Flight, RetireGuard, Verdict, World};
+use plan::{Action, Flight, World};
+use policy::{Policy, RestartVerdict, BACKOFF_FIRST, RESTART_WINDOW};
 
 /// A request to reconcile now. A poke may ask for the previews' state after the pass.
 #[derive(Debug, Default)]
@@ -51,20 +54,6 @@ pub enum PassError {
 const RESYNC: Duration = Duration::from_secs(30);
 /// How often old build logs are looked for.
 const LOG_PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// A preview whose app stops this often within [`RESTART_WINDOW`] is marked failed.
-const RESTART_BUDGET: usize = 3;
-const RESTART_WINDOW: Duration = Duration::from_secs(600);
-/// How long a mass removal waits for a second look.
-const RETIRE_CONFIRM: Duration = Duration::from_secs(10);
-/// After a push cancels a deploy, the branch must be this quiet before the next deploy, so a
-/// burst of pushes builds its last commit once instead of every commit in turn.
-const BURST_QUIET: Duration = Duration::from_secs(1);
-/// A superseded container that still runs keeps running at least this long after traffic
-/// moved to its successor, so requests already sent to it can finish; then it is removed.
-const SWAP_DRAIN: Duration = Duration::from_secs(3);
-/// First and longest wait before retrying a deploy the engine (not the commit) failed.
-const BACKOFF_FIRST: Duration = Duration::from_secs(2);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Longest wait between failing passes: a recovered engine is noticed within this.
 const PASS_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -102,12 +91,6 @@ pub enum Report {
     },
 }
 
-/// A deploy the engine failed, to be retried no earlier than `at`.
-struct Backoff {
-    at: Instant,
-    delay: Duration,
-}
-
 pub struct Reconciler {
     config: Arc<Config>,
     runtime: Runtime,
@@ -119,17 +102,8 @@ pub struct Reconciler {
     failed: BTreeMap<String, FailedBuild>,
     /// Slugs retired since start, answered with a "gone" page until reused.
     gone: BTreeSet<String>,
-    /// When previewd restarted each container that stopped, by container id.
-    restarts: HashMap<String, Vec<Instant>>,
-    backoff: BTreeMap<String, Backoff>,
-    guard: RetireGuard,
-    /// Each preview's tip as last seen, and since when: a burst of pushes is built once.
-    tips: BTreeMap<String, (String, Instant)>,
-    /// Previews whose deploy a newer push cancelled: they deploy once pushes pause.
-    bursting: BTreeSet<String>,
-    /// Superseded containers still running, by id, and since when they are: each gets
-    /// [`SWAP_DRAIN`] before it is removed.
-    draining: HashMap<String, Instant>,
+    /// Backoffs, burst quiet, drains, restart budgets and the mass-removal guard.
+    policy: Policy,
     /// Expired branches already logged, so each is logged once.
     expired_reported: BTreeMap<String, Expiry>,
     /// When old build logs were last looked for.
@@ -160,7 +134,7 @@ impl Reconciler {
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         Reconciler {
             builds: Arc::new(Semaphore::new(config.build_concurrency)),
-            guard: RetireGuard::new(config.mass_removal_threshold, RETIRE_CONFIRM),
+            policy: Policy::new(config.mass_removal_threshold),
             config,
             runtime,
             records,
@@ -169,15 +143,10 @@ impl Reconciler {
             in_flight: BTreeMap::new(),
             failed,
             gone: BTreeSet::new(),
-            restarts: HashMap::new(),
             unreadable_reported: BTreeMap::new(),
             expired_reported: BTreeMap::new(),
             logs_pruned: None,
-            tips: BTreeMap::new(),
-            bursting: BTreeSet::new(),
-            draining: HashMap::new(),
             patch_ids: Arc::new(Mutex::new(MergedCache::new())),
-            backoff: BTreeMap::new(),
             recheck_at: None,
             failing: None,
             removals_confirmed: false,
@@ -219,7 +188,7 @@ impl Reconciler {
         resync.tick().await;
         loop {
             let mut replies = Vec::new();
-            let recheck = self.recheck_at.map(tokio::time::Instant::from_std);
+            let recheck = self.recheck_at;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(trigger) = triggers.recv() => replies.extend(trigger.reply),
@@ -287,22 +256,12 @@ impl Reconciler {
         match result {
             Ok(()) => {
                 tracing::info!(preview = %slug, commit = %preview.short(), "live");
-                self.backoff.remove(slug);
+                self.policy.deployed(slug);
                 self.clear_failure(slug);
             }
             Err(failure) if failure.transient => {
-                let delay = self
-                    .backoff
-                    .get(slug)
-                    .map_or(BACKOFF_FIRST, |b| (b.delay * 2).min(BACKOFF_MAX));
+                let delay = self.policy.engine_failed(slug, Instant::now());
                 tracing::warn!(preview = %slug, commit = %preview.short(), error = %failure.log_tail, retry_in = ?delay, "deploy interrupted by the engine");
-                self.backoff.insert(
-                    slug.clone(),
-                    Backoff {
-                        at: Instant::now() + delay,
-                        delay,
-                    },
-                );
             }
             Err(failure) => {
                 let reason = failure
@@ -452,31 +411,12 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Keeps what passes remember between them in step with what was just observed: restart
-    /// counts of containers that exist, when each tip last moved, and which expired or
-    /// unreadable branches were already logged (each is logged once, not every pass).
+    /// Keeps what passes remember between them in step with what was just observed: the
+    /// policy's memos, and which expired or unreadable branches were already logged (each is
+    /// logged once, not every pass).
     fn track(&mut self, observed: &Observed) {
-        let live_ids: BTreeSet<&str> = observed
-            .inventory
-            .containers
-            .iter()
-            .map(|c| c.id.as_str())
-            .collect();
-        self.restarts.retain(|id, _| live_ids.contains(id.as_str()));
-        let now = Instant::now();
-        self.tips = observed
-            .wanted
-            .iter()
-            .map(|(slug, p)| {
-                let since = match self.tips.get(slug) {
-                    Some((commit, since)) if *commit == p.commit => *since,
-                    _ => now,
-                };
-                (slug.clone(), (p.commit.clone(), since))
-            })
-            .collect();
-        self.bursting
-            .retain(|slug| observed.wanted.contains_key(slug));
+        let ids = observed.inventory.containers.iter().map(|c| c.id.as_str());
+        self.policy.observe(&observed.wanted, ids, Instant::now());
         for (branch, why) in &observed.expired {
             if self.expired_reported.get(branch) != Some(why) {
                 tracing::info!(%branch, reason = %why, "preview expired");
@@ -495,60 +435,18 @@ impl Reconciler {
             .collect();
     }
 
-    /// Drops what must wait: removals of many previews at once until a second look agrees,
-    /// deploys in backoff after the engine failed them, and superseded containers (with
-    /// their images) while requests sent to them before the swap may still run.
+    /// Drops what must wait (the policy's word), and says so.
     fn hold_doubtful(&mut self, actions: &mut Vec<Action>) {
-        let retiring: BTreeSet<String> = actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Retire { slug } => Some(slug.clone()),
-                _ => None,
-            })
-            .collect();
-        let now = Instant::now();
-        let verdict = if std::mem::take(&mut self.removals_confirmed) {
-            Verdict::Proceed
-        } else {
-            self.guard.check(&retiring, now)
-        };
-        if let Verdict::HoldUntil(at) = verdict {
+        let confirmed = std::mem::take(&mut self.removals_confirmed);
+        let held = self.policy.hold(actions, confirmed, Instant::now());
+        if let Some(previews) = held.mass_removal {
             tracing::warn!(
-                previews = retiring.len(),
+                previews,
                 threshold = self.config.mass_removal_threshold,
                 "many previews would be removed at once; waiting for a second look"
             );
-            actions.retain(|a| !matches!(a, Action::Retire { .. }));
-            self.recheck(at);
         }
-        self.backoff.retain(|_, b| b.at > now);
-        let mut next = None;
-        let mut hold = |at: Instant| {
-            next = Some(next.map_or(at, |n: Instant| n.min(at)));
-            false
-        };
-        let (backoff, bursting, tips) = (&self.backoff, &mut self.bursting, &self.tips);
-        actions.retain(|a| match a {
-            Action::Deploy(p) | Action::Restart { preview: p, .. } => {
-                if let Some(b) = backoff.get(&p.slug) {
-                    return hold(b.at);
-                }
-                // Pushes are still coming: build only once the branch has been quiet a moment.
-                let quiet_at = tips.get(&p.slug).map(|(_, since)| *since + BURST_QUIET);
-                match quiet_at {
-                    Some(at) if bursting.contains(&p.slug) && at > now => hold(at),
-                    _ => {
-                        bursting.remove(&p.slug);
-                        true
-                    }
-                }
-            }
-            _ => true,
-        });
-        if let Some(at) = next {
-            self.recheck(at);
-        }
-        if let Some(at) = hold_draining(&mut self.draining, actions, now) {
+        if let Some(at) = held.recheck {
             self.recheck(at);
         }
     }
@@ -617,7 +515,7 @@ impl Reconciler {
                     tracing::info!(preview = %slug, commit = %&flight.commit[..12.min(flight.commit.len())], "superseded by a newer push: cancelling its deploy");
                     flight.abort.abort();
                 }
-                self.bursting.insert(slug);
+                self.policy.cancelled(&slug);
             }
         }
     }
@@ -657,21 +555,20 @@ impl Reconciler {
     /// Starts a preview's stopped app again, unless it already used its restart budget: then
     /// the commit is marked failed with the app's last output, instead of restarting forever.
     async fn restart(&mut self, preview: &PreviewRef, id: &str) {
-        let attempts = self.restarts.entry(id.to_owned()).or_default();
-        attempts.retain(|at| at.elapsed() < RESTART_WINDOW);
-        if attempts.len() >= RESTART_BUDGET {
-            let logs = self.runtime.log_tail(id, deploy::LOG_TAIL_LINES).await;
-            tracing::warn!(preview = %preview.slug, commit = %preview.short(), "app keeps stopping; giving up");
-            let text = format!(
-                "the app stopped {} times within {} minutes; previewd stopped restarting it. Push a fix to try again.\n\ncontainer output:\n{logs}",
-                attempts.len() + 1,
-                RESTART_WINDOW.as_secs() / 60
-            );
-            self.record_failure(preview, text);
-            return;
-        }
-        attempts.push(Instant::now());
-        tracing::info!(preview = %preview.slug, commit = %preview.short(), attempt = attempts.len(), "app stopped; starting it again");
+        let attempt = match self.policy.restart(id, Instant::now()) {
+            RestartVerdict::Start { attempt } => attempt,
+            RestartVerdict::GiveUp { stops } => {
+                let logs = self.runtime.log_tail(id, deploy::LOG_TAIL_LINES).await;
+                tracing::warn!(preview = %preview.slug, commit = %preview.short(), "app keeps stopping; giving up");
+                let text = format!(
+                    "the app stopped {stops} times within {} minutes; previewd stopped restarting it. Push a fix to try again.\n\ncontainer output:\n{logs}",
+                    RESTART_WINDOW.as_secs() / 60
+                );
+                self.record_failure(preview, text);
+                return;
+            }
+        };
+        tracing::info!(preview = %preview.slug, commit = %preview.short(), attempt, "app stopped; starting it again");
         if let Err(error) = self.runtime.start_container(id).await {
             tracing::warn!(preview = %preview.slug, %error, "cannot restart container");
         }
@@ -720,7 +617,7 @@ impl Reconciler {
         // Whatever is left (or appears from an aborted build) is retired on a later pass.
         if clean {
             self.clear_failure(slug);
-            self.backoff.remove(slug);
+            self.policy.retired(slug);
         }
         self.gone.insert(slug.to_owned());
     }
@@ -747,139 +644,9 @@ impl Reconciler {
     }
 }
 
-/// Keeps superseded running containers, and their previews' image and volume removals, until each has
-/// drained for [`SWAP_DRAIN`] since it was first planned for removal (the route had already
-/// moved on: routes are published before actions run). Returns when to look again.
-fn hold_draining(
-    draining: &mut HashMap<String, Instant>,
-    actions: &mut Vec<Action>,
-    now: Instant,
-) -> Option<Instant> {
-    let superseded: BTreeSet<&str> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::RemoveContainer {
-                id, running: true, ..
-            } => Some(id.as_str()),
-            _ => None,
-        })
-        .collect();
-    draining.retain(|id, _| superseded.contains(id.as_str()));
-    for id in superseded {
-        draining.entry(id.to_owned()).or_insert(now);
-    }
-    let mut held = BTreeSet::new();
-    let mut next: Option<Instant> = None;
-    actions.retain(|a| match a {
-        Action::RemoveContainer {
-            slug,
-            id,
-            running: true,
-        } => {
-            let until = draining.get(id).map_or(now, |since| *since + SWAP_DRAIN);
-            if until <= now {
-                return true;
-            }
-            held.insert(slug.clone());
-            next = Some(next.map_or(until, |n| n.min(until)));
-            false
-        }
-        _ => true,
-    });
-    // The image and the commit's volumes are still in use by the draining container.
-    actions.retain(|a| match a {
-        Action::RemoveImage { slug, .. } | Action::RemoveVolume { slug, .. } => {
-            !held.contains(slug)
-        }
-        _ => true,
-    });
-    next
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn remove_container(slug: &str, id: &str, running: bool) -> Action {
-        Action::RemoveContainer {
-            slug: slug.into(),
-            id: id.into(),
-            running,
-        }
-    }
-
-    fn remove_image(slug: &str, id: &str) -> Action {
-        Action::RemoveImage {
-            slug: slug.into(),
-            id: id.into(),
-        }
-    }
-
-    #[test]
-    fn a_superseded_container_and_its_image_wait_out_the_drain() {
-        let planned = || {
-            vec![
-                remove_container("a", "old-a", true),
-                remove_image("a", "img-a"),
-                remove_container("b", "dead-b", false),
-                remove_image("b", "img-b"),
-            ]
-        };
-        let mut draining = HashMap::new();
-        let start = Instant::now();
-
-        let mut actions = planned();
-        let next = hold_draining(&mut draining, &mut actions, start);
-        assert_eq!(next, Some(start + SWAP_DRAIN));
-        // A dead container drains nothing: it and its preview's image go at once.
-        assert_eq!(
-            actions,
-            [
-                remove_container("b", "dead-b", false),
-                remove_image("b", "img-b")
-            ]
-        );
-
-        // Still draining a moment later: the clock started when it was first superseded.
-        let mut actions = planned();
-        let later = start + SWAP_DRAIN / 2;
-        assert_eq!(
-            hold_draining(&mut draining, &mut actions, later),
-            Some(start + SWAP_DRAIN)
-        );
-        assert_eq!(actions.len(), 2);
-
-        let mut actions = planned();
-        assert_eq!(
-            hold_draining(&mut draining, &mut actions, start + SWAP_DRAIN),
-            None
-        );
-        assert_eq!(actions, planned());
-    }
-
-    #[test]
-    fn a_container_no_longer_superseded_is_forgotten() {
-        let mut draining = HashMap::new();
-        let start = Instant::now();
-        let mut actions = vec![remove_container("a", "old-a", true)];
-        hold_draining(&mut draining, &mut actions, start);
-        // A pass that no longer plans its removal (it serves again, say) drops its clock, so
-        // a later supersession drains in full.
-        hold_draining(&mut draining, &mut Vec::new(), start + SWAP_DRAIN);
-        assert!(draining.is_empty());
-        let mut actions = vec![remove_container("a", "old-a", true)];
-        let again = start + SWAP_DRAIN * 2;
-        assert_eq!(
-            hold_draining(&mut draining, &mut actions, again),
-            Some(again + SWAP_DRAIN)
-        );
-        assert!(actions.is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //! No I/O here, so every rule has a table test.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use previewd_proxy::Route;
 
@@ -337,56 +337,6 @@ pub fn statuses(world: &World<'_>, url: impl Fn(&str) -> String) -> Vec<PreviewS
     let mut rows: Vec<PreviewStatus> = wanted.chain(unreadable).collect();
     rows.sort_by(|a, b| a.branch.cmp(&b.branch));
     rows
-}
-
-/// Never destroy on doubt: a pass that would retire more than `threshold` previews at once
-/// (a mirror replaced by an empty one, a ref store half rewritten) waits until a second look,
-/// `delay` later, still wants at least as much gone.
-#[derive(Debug)]
-pub struct RetireGuard {
-    threshold: usize,
-    delay: Duration,
-    pending: Option<(BTreeSet<String>, Instant)>,
-}
-
-/// What a [`RetireGuard`] says of one pass's retirements.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Proceed,
-    /// Retire nothing now; look again at this instant.
-    HoldUntil(Instant),
-}
-
-impl RetireGuard {
-    pub fn new(threshold: usize, delay: Duration) -> Self {
-        RetireGuard {
-            threshold,
-            delay,
-            pending: None,
-        }
-    }
-
-    pub fn check(&mut self, retiring: &BTreeSet<String>, now: Instant) -> Verdict {
-        if retiring.len() <= self.threshold {
-            self.pending = None;
-            return Verdict::Proceed;
-        }
-        match &self.pending {
-            Some((seen, since)) if retiring.is_subset(seen) => {
-                let due = *since + self.delay;
-                if now >= due {
-                    self.pending = None;
-                    Verdict::Proceed
-                } else {
-                    Verdict::HoldUntil(due)
-                }
-            }
-            _ => {
-                self.pending = Some((retiring.clone(), now));
-                Verdict::HoldUntil(now + self.delay)
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -818,53 +768,6 @@ mod tests {
         let json = serde_json::to_value(&rows[0]).unwrap();
         assert_eq!(json["state"], "queued");
         assert_eq!(json["queue_position"], 2);
-    }
-
-    fn slugs(names: &[&str]) -> BTreeSet<String> {
-        names.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn a_few_retirements_proceed_at_once() {
-        let mut guard = RetireGuard::new(3, Duration::from_secs(10));
-        let now = Instant::now();
-        assert_eq!(guard.check(&slugs(&["a", "b", "c"]), now), Verdict::Proceed);
-        assert_eq!(guard.check(&slugs(&[]), now), Verdict::Proceed);
-    }
-
-    #[test]
-    fn many_retirements_wait_for_a_second_look() {
-        let mut guard = RetireGuard::new(3, Duration::from_secs(10));
-        let t0 = Instant::now();
-        let all = slugs(&["a", "b", "c", "d"]);
-        assert_eq!(
-            guard.check(&all, t0),
-            Verdict::HoldUntil(t0 + Duration::from_secs(10))
-        );
-        // Too early: still held.
-        let t1 = t0 + Duration::from_secs(5);
-        assert_eq!(
-            guard.check(&all, t1),
-            Verdict::HoldUntil(t0 + Duration::from_secs(10))
-        );
-        // The second look agrees: go.
-        let t2 = t0 + Duration::from_secs(10);
-        assert_eq!(guard.check(&all, t2), Verdict::Proceed);
-    }
-
-    #[test]
-    fn a_second_look_that_disagrees_starts_over() {
-        let mut guard = RetireGuard::new(3, Duration::from_secs(10));
-        let t0 = Instant::now();
-        guard.check(&slugs(&["a", "b", "c", "d"]), t0);
-        // The mirror came back: nothing to retire, and the doubt is forgotten.
-        let t1 = t0 + Duration::from_secs(11);
-        assert_eq!(guard.check(&slugs(&[]), t1), Verdict::Proceed);
-        let wider = slugs(&["a", "b", "c", "d", "e"]);
-        assert_eq!(
-            guard.check(&wider, t1),
-            Verdict::HoldUntil(t1 + Duration::from_secs(10))
-        );
     }
 
     #[test]
