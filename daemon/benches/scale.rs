@@ -26,7 +26,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use previewd::docker::{ContainerInfo, ImageInfo, Inventory, NetworkInfo};
+use previewd::engine::{ContainerInfo, ImageInfo, Inventory, NetworkInfo};
 use previewd::merged::{MergedCache, MergedRule};
 use previewd::mirror::{self, Desired};
 use previewd::model::{FailedBuild, Lifetime, PreviewRef, Unreadable};

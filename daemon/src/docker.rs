@@ -1,6 +1,7 @@
-//! The Docker engine, through bollard: the only module that imports it. It lists what exists
-//! (by this instance's labels), builds images, runs containers and removes them. It decides
-//! nothing: `reconcile` tells it what to do.
+//! The Docker engine, through bollard: the only module that imports it, and the
+//! [`Engine`] the daemon runs on. It lists what exists (by this instance's labels), builds
+//! images, runs containers and removes them. It decides nothing: `reconcile` tells it what to
+//! do.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +21,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::engine::{ContainerInfo, Engine, ImageInfo, Inventory, NetworkInfo, VolumeInfo};
 use crate::model::{Lifetime, PreviewRef, APP_SERVICE};
 
 pub const LABEL_INSTANCE: &str = "previewd.instance";
@@ -96,136 +98,6 @@ async fn call<T>(
     fut: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
 ) -> Result<T, DockerError> {
     within(call, fut).await?.map_err(api(call))
-}
-
-/// A container of this instance, as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerInfo {
-    pub id: String,
-    pub name: String,
-    pub branch: String,
-    pub slug: String,
-    pub commit: String,
-    /// The compose service it runs.
-    pub service: String,
-    pub lifetime: Lifetime,
-    /// A one-off service (role [`ROLE_JOB`]): it is meant to exit.
-    pub job: bool,
-    /// The service that takes the preview's traffic (it carries `previewd.port`).
-    pub web: bool,
-    pub running: bool,
-    /// How it exited, once it has (and the engine said).
-    pub exit_code: Option<i64>,
-    /// Where it takes traffic: its address on its preview network and the port previewd
-    /// routes to. Only a service that takes traffic has one.
-    pub upstream: Option<SocketAddr>,
-}
-
-impl ContainerInfo {
-    /// A one-off service that ran to success: done, not crashed.
-    pub fn job_done(&self) -> bool {
-        self.job && !self.running && self.exit_code == Some(0)
-    }
-}
-
-/// A volume of this instance, as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeInfo {
-    pub name: String,
-    pub branch: String,
-    pub slug: String,
-    /// The commit it was made for.
-    pub commit: String,
-    pub lifetime: Lifetime,
-}
-
-/// A network of this instance, as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworkInfo {
-    pub id: String,
-    pub name: String,
-    pub branch: String,
-    pub slug: String,
-}
-
-/// An image of this instance, as listed. One image can serve several commits of a branch
-/// (same tree), one tag each.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageInfo {
-    pub id: String,
-    pub branch: String,
-    pub slug: String,
-    /// Its tags, `previewd-<instance>/<slug>:<commit12>`.
-    pub tags: Vec<String>,
-}
-
-/// Whether the image tag `tag` names `commit` (tags carry its first 12 hex digits).
-pub fn tag_is_for(tag: &str, commit: &str) -> bool {
-    tag.rsplit_once(':')
-        .is_some_and(|(_, short)| !short.is_empty() && commit.starts_with(short))
-}
-
-/// Everything of this instance that the engine holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Inventory {
-    pub containers: Vec<ContainerInfo>,
-    pub images: Vec<ImageInfo>,
-    pub networks: Vec<NetworkInfo>,
-    pub volumes: Vec<VolumeInfo>,
-    /// Ids of untagged build layers of this instance with nothing built on them: what a
-    /// build that failed, was cancelled or was killed left behind.
-    pub leftover_layers: Vec<String>,
-}
-
-impl Inventory {
-    /// `(slug, branch)` of every object, as its labels say: who holds which slug.
-    pub fn owners(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.containers
-            .iter()
-            .map(|c| (&c.slug, &c.branch))
-            .chain(self.images.iter().map(|i| (&i.slug, &i.branch)))
-            .chain(self.networks.iter().map(|n| (&n.slug, &n.branch)))
-            .chain(self.volumes.iter().map(|v| (&v.slug, &v.branch)))
-    }
-}
-
-/// One preview's objects, as [`Inventory::stacks`] groups them.
-#[derive(Debug, Clone, Default)]
-pub struct Stack<'a> {
-    pub containers: Vec<&'a ContainerInfo>,
-    pub images: Vec<&'a ImageInfo>,
-    pub networks: Vec<&'a NetworkInfo>,
-    pub volumes: Vec<&'a VolumeInfo>,
-}
-
-impl Stack<'_> {
-    /// The container of the service that takes traffic at `commit`, if one exists.
-    pub fn web_at(&self, commit: &str) -> Option<&ContainerInfo> {
-        self.containers
-            .iter()
-            .copied()
-            .find(|c| c.web && c.commit == commit)
-    }
-}
-
-impl Inventory {
-    /// Every preview's objects, by slug.
-    pub fn stacks(&self) -> std::collections::BTreeMap<&str, Stack<'_>> {
-        let mut stacks: std::collections::BTreeMap<&str, Stack<'_>> = Default::default();
-        for c in &self.containers {
-            stacks.entry(&c.slug).or_default().containers.push(c);
-        }
-        for i in &self.images {
-            stacks.entry(&i.slug).or_default().images.push(i);
-        }
-        for n in &self.networks {
-            stacks.entry(&n.slug).or_default().networks.push(n);
-        }
-        for v in &self.volumes {
-            stacks.entry(&v.slug).or_default().volumes.push(v);
-        }
-        stacks
-    }
 }
 
 /// This instance's handle on the engine.
@@ -314,8 +186,35 @@ impl Runtime {
         )])
     }
 
+    async fn build_failed(
+        &self,
+        log: &mut tokio::fs::File,
+        message: String,
+    ) -> Result<(), DockerError> {
+        let line = format!("\nbuild failed: {}\n", message.trim_end());
+        log.write_all(line.as_bytes())
+            .await
+            .map_err(DockerError::Log)?;
+        log.flush().await.map_err(DockerError::Log)?;
+        Err(DockerError::Build(message.trim_end().to_owned()))
+    }
+
+    /// A wake-up on every change to this instance's containers, as the engine reports them.
+    /// Ends when the event stream breaks (the engine restarted, say): events are only a
+    /// trigger, the caller re-reads everything and subscribes again.
+    pub fn changes(&self) -> impl futures_util::Stream<Item = Result<(), DockerError>> + '_ {
+        let mut filters = self.instance_filter();
+        filters.insert("type".into(), vec!["container".into()]);
+        let options = EventsOptionsBuilder::new().filters(&filters).build();
+        self.docker
+            .events(Some(options))
+            .map(|event| event.map(drop).map_err(api("follow events")))
+    }
+}
+
+impl Engine for Runtime {
     /// Lists every container, image, network and volume carrying this instance's label.
-    pub async fn inventory(&self) -> Result<Inventory, DockerError> {
+    async fn inventory(&self) -> Result<Inventory, DockerError> {
         let filter = self.instance_filter();
         let containers = ListContainersOptionsBuilder::new()
             .all(true)
@@ -432,7 +331,7 @@ impl Runtime {
     }
 
     /// The preview's network, created with its labels unless it exists already.
-    pub async fn ensure_network(&self, preview: &PreviewRef) -> Result<(), DockerError> {
+    async fn ensure_network(&self, preview: &PreviewRef) -> Result<(), DockerError> {
         let name = self.network_name(&preview.slug);
         let exists = within(
             "inspect network",
@@ -465,7 +364,7 @@ impl Runtime {
         }
     }
 
-    pub async fn image_exists(&self, preview: &PreviewRef) -> Result<bool, DockerError> {
+    async fn image_exists(&self, preview: &PreviewRef) -> Result<bool, DockerError> {
         let tag = self.image_tag(preview);
         match within("inspect image", self.docker.inspect_image(&tag)).await? {
             Ok(_) => Ok(true),
@@ -482,7 +381,7 @@ impl Runtime {
     /// The labels of the preview's image, for the `LABEL` line appended to its Dockerfile by
     /// [`labelled_dockerfile`]. One line, one build step: the classic builder turns the build's
     /// `labels` parameter into one step (and one container) per label, seconds on every build.
-    pub fn image_labels(&self, preview: &PreviewRef, tree: &str) -> Vec<(String, String)> {
+    fn image_labels(&self, preview: &PreviewRef, tree: &str) -> Vec<(String, String)> {
         let mut labels: Vec<_> = self
             .labels(preview, ROLE_APP, Some(APP_SERVICE), Lifetime::Commit)
             .into_iter()
@@ -493,7 +392,7 @@ impl Runtime {
     }
 
     /// The preview's image built from `tree` for an earlier commit, if one exists.
-    pub async fn image_of_tree(
+    async fn image_of_tree(
         &self,
         preview: &PreviewRef,
         tree: &str,
@@ -512,7 +411,7 @@ impl Runtime {
     }
 
     /// Tags an existing image as the preview's image for its commit: no build.
-    pub async fn tag(&self, image: &str, preview: &PreviewRef) -> Result<(), DockerError> {
+    async fn tag(&self, image: &str, preview: &PreviewRef) -> Result<(), DockerError> {
         let options = TagImageOptionsBuilder::new()
             .repo(&self.image_repo(&preview.slug))
             .tag(preview.short())
@@ -522,7 +421,7 @@ impl Runtime {
 
     /// The labels every stage's layers get right after its `FROM`: this instance's, nothing
     /// of a branch or commit, so the layer cache stays shared by every build of the instance.
-    pub fn layer_labels(&self) -> Vec<(String, String)> {
+    fn layer_labels(&self) -> Vec<(String, String)> {
         vec![
             (LABEL_INSTANCE.into(), self.instance.clone()),
             (LABEL_ROLE.into(), ROLE_BUILD_LAYER.into()),
@@ -532,7 +431,7 @@ impl Runtime {
     /// Builds `context` (a tar whose Dockerfile already carries the labels) into the preview's
     /// image with the classic builder, appending the build output to `log`. The engine pulls a
     /// missing base image itself.
-    pub async fn build(
+    async fn build(
         &self,
         preview: &PreviewRef,
         context: Vec<u8>,
@@ -578,22 +477,9 @@ impl Runtime {
         log.flush().await.map_err(DockerError::Log)
     }
 
-    async fn build_failed(
-        &self,
-        log: &mut tokio::fs::File,
-        message: String,
-    ) -> Result<(), DockerError> {
-        let line = format!("\nbuild failed: {}\n", message.trim_end());
-        log.write_all(line.as_bytes())
-            .await
-            .map_err(DockerError::Log)?;
-        log.flush().await.map_err(DockerError::Log)?;
-        Err(DockerError::Build(message.trim_end().to_owned()))
-    }
-
     /// The port the app listens on: the lowest TCP port the image exposes (the engine keeps
     /// EXPOSE lines as a set, so "first" can only mean lowest).
-    pub async fn exposed_port(&self, preview: &PreviewRef) -> Result<u16, DockerError> {
+    async fn exposed_port(&self, preview: &PreviewRef) -> Result<u16, DockerError> {
         let tag = self.image_tag(preview);
         let image = call("inspect image", self.docker.inspect_image(&tag)).await?;
         image
@@ -613,7 +499,7 @@ impl Runtime {
     /// Creates and starts the preview's app container on its network, replacing a leftover
     /// container of the same name (a crash between create and start, or a dead one). The
     /// result has no upstream when the container stopped before it got an address.
-    pub async fn run(
+    async fn run(
         &self,
         preview: &PreviewRef,
         port: u16,
@@ -677,13 +563,13 @@ impl Runtime {
     }
 
     /// Starts an existing container (a preview that died, or one just created).
-    pub async fn start_container(&self, id: &str) -> Result<(), DockerError> {
+    async fn start_container(&self, id: &str) -> Result<(), DockerError> {
         call("start container", self.docker.start_container(id, None)).await
     }
 
     /// Whether the container has stopped since it was started: it exited, is gone, or is
     /// being restarted.
-    pub async fn has_stopped(&self, id: &str) -> bool {
+    async fn has_stopped(&self, id: &str) -> bool {
         let inspect = within(
             "inspect container",
             self.docker
@@ -699,7 +585,7 @@ impl Runtime {
 
     /// The last `lines` lines the container wrote (stdout and stderr), for failure pages.
     /// Empty when the engine cannot say.
-    pub async fn log_tail(&self, id: &str, lines: usize) -> String {
+    async fn log_tail(&self, id: &str, lines: usize) -> String {
         let options = LogsOptionsBuilder::new()
             .stdout(true)
             .stderr(true)
@@ -716,20 +602,8 @@ impl Runtime {
         out
     }
 
-    /// A wake-up on every change to this instance's containers, as the engine reports them.
-    /// Ends when the event stream breaks (the engine restarted, say): events are only a
-    /// trigger, the caller re-reads everything and subscribes again.
-    pub fn changes(&self) -> impl futures_util::Stream<Item = Result<(), DockerError>> + '_ {
-        let mut filters = self.instance_filter();
-        filters.insert("type".into(), vec!["container".into()]);
-        let options = EventsOptionsBuilder::new().filters(&filters).build();
-        self.docker
-            .events(Some(options))
-            .map(|event| event.map(drop).map_err(api("follow events")))
-    }
-
     /// Removes a container, killing it if it runs. Already gone counts as done.
-    pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+    async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
@@ -744,7 +618,7 @@ impl Runtime {
 
     /// Removes an image by id (all its tags), or one tag of it by name: the image itself goes
     /// with its last tag, unless a container still uses it. Already gone counts as done.
-    pub async fn remove_image(&self, id: &str) -> Result<(), DockerError> {
+    async fn remove_image(&self, id: &str) -> Result<(), DockerError> {
         // Forcing by id removes every tag at once; a tag is removed without force so that an
         // image still used through another tag stays.
         let force = !id.contains(':') || id.starts_with("sha256:");
@@ -760,7 +634,7 @@ impl Runtime {
     /// Removes a layer a build left behind, and its untagged parents, unless something still
     /// uses it (a container of a build, an image built on it since): that conflict, and a
     /// layer already gone, count as done; a later pass looks again.
-    pub async fn remove_leftover_layer(&self, id: &str) -> Result<(), DockerError> {
+    async fn remove_leftover_layer(&self, id: &str) -> Result<(), DockerError> {
         let options = RemoveImageOptionsBuilder::new().force(false).build();
         let result = within(
             "remove build layer",
@@ -777,7 +651,7 @@ impl Runtime {
 
     /// Removes a volume by name. Already gone counts as done; one a container still uses is
     /// an error (the caller removes containers first).
-    pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+    async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
         let result = within(
             "remove volume",
             self.docker
@@ -788,7 +662,7 @@ impl Runtime {
     }
 
     /// Removes a network by id. Already gone counts as done.
-    pub async fn remove_network(&self, id: &str) -> Result<(), DockerError> {
+    async fn remove_network(&self, id: &str) -> Result<(), DockerError> {
         let result = within("remove network", self.docker.remove_network(id)).await?;
         gone_is_fine(result, "remove network")
     }

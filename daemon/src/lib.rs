@@ -11,6 +11,7 @@ pub mod control;
 mod daemon;
 pub mod docker;
 mod dockerignore;
+pub mod engine;
 mod events;
 pub mod health;
 mod hook;

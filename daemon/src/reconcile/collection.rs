@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::docker::Inventory;
+use crate::engine::Inventory;
 
 use super::expiry::Expiry;
 use super::plan::Action;
@@ -65,7 +65,7 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::{ContainerInfo, ImageInfo, NetworkInfo};
+    use crate::engine::{ContainerInfo, ImageInfo, NetworkInfo};
     use crate::model::Lifetime;
     use std::time::Duration;
 

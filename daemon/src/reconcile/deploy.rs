@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use super::Report;
-use crate::docker::{self, DockerError, Runtime};
+use crate::docker::{self, DockerError};
+use crate::engine::Engine;
 use crate::health::HealthCheck;
 use crate::model::PreviewRef;
 use crate::{mirror, state};
@@ -20,8 +21,8 @@ pub const LOG_TAIL_LINES: usize = 40;
 
 /// What a deploy needs besides the preview itself.
 #[derive(Debug, Clone)]
-pub struct DeployContext {
-    pub runtime: Runtime,
+pub struct DeployContext<E> {
+    pub runtime: E,
     pub mirror: PathBuf,
     pub records: state::Records,
     /// The preview's public URL, given to the app as `PREVIEW_URL`.
@@ -72,7 +73,10 @@ impl From<DockerError> for DeployFailure {
 
 /// Runs the deploy to the end. On failure the new container (if any) is removed again, so
 /// nothing half-started is ever mistaken for a serving version.
-pub async fn deploy(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), DeployFailure> {
+pub async fn deploy<E: Engine>(
+    ctx: &DeployContext<E>,
+    preview: &PreviewRef,
+) -> Result<(), DeployFailure> {
     let fail = DeployFailure::commit;
     ctx.runtime.ensure_network(preview).await?;
     if !ctx.runtime.image_exists(preview).await? {
@@ -111,8 +115,8 @@ pub async fn deploy(ctx: &DeployContext, preview: &PreviewRef) -> Result<(), Dep
 }
 
 /// Waits for a build slot, telling the reconciler while it waits so `ls` shows the queue.
-async fn build_slot(
-    ctx: &DeployContext,
+async fn build_slot<E: Engine>(
+    ctx: &DeployContext<E>,
     preview: &PreviewRef,
 ) -> tokio::sync::OwnedSemaphorePermit {
     if let Ok(slot) = ctx.builds.clone().try_acquire_owned() {
@@ -134,7 +138,10 @@ async fn build_slot(
     slot
 }
 
-async fn read_tree(ctx: &DeployContext, commit: git2::Oid) -> Result<String, DeployFailure> {
+async fn read_tree<E: Engine>(
+    ctx: &DeployContext<E>,
+    commit: git2::Oid,
+) -> Result<String, DeployFailure> {
     let fail = DeployFailure::commit;
     let mirror = ctx.mirror.clone();
     let tree = tokio::task::spawn_blocking(move || mirror::tree_of(&mirror, commit))
@@ -144,8 +151,8 @@ async fn read_tree(ctx: &DeployContext, commit: git2::Oid) -> Result<String, Dep
     Ok(tree.to_string())
 }
 
-async fn build(
-    ctx: &DeployContext,
+async fn build<E: Engine>(
+    ctx: &DeployContext<E>,
     preview: &PreviewRef,
     commit: git2::Oid,
     tree: &str,
@@ -186,8 +193,8 @@ async fn build(
 }
 
 /// Polls until the app answers, the container stops, or the start period is over.
-async fn wait_ready(
-    ctx: &DeployContext,
+async fn wait_ready<E: Engine>(
+    ctx: &DeployContext<E>,
     id: &str,
     upstream: std::net::SocketAddr,
 ) -> Result<(), String> {

@@ -4,6 +4,8 @@
 //! costs nothing.
 
 mod collection;
+#[cfg(test)]
+mod component_tests;
 pub mod deploy;
 pub mod expiry;
 pub mod plan;
@@ -21,7 +23,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::docker::{DockerError, Inventory, Runtime};
+use crate::docker::DockerError;
+use crate::engine::{Engine, Inventory};
 use crate::merged::MergedCache;
 use crate::mirror::{self, MirrorError};
 use crate::model::{FailedBuild, PreviewRef, PreviewStatus, Unreadable};
@@ -91,9 +94,9 @@ pub enum Report {
     },
 }
 
-pub struct Reconciler {
+pub struct Reconciler<E> {
     config: Arc<Config>,
-    runtime: Runtime,
+    runtime: E,
     records: Records,
     routes: SharedRoutes,
     status: SharedStatus,
@@ -122,10 +125,10 @@ pub struct Reconciler {
     reports_rx: mpsc::UnboundedReceiver<Report>,
 }
 
-impl Reconciler {
+impl<E: Engine> Reconciler<E> {
     pub fn new(
         config: Arc<Config>,
-        runtime: Runtime,
+        runtime: E,
         routes: SharedRoutes,
         status: SharedStatus,
     ) -> Self {

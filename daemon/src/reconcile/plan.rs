@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use previewd_proxy::Route;
 
-use crate::docker::{tag_is_for, ContainerInfo, Inventory, Stack};
+use crate::engine::{tag_is_for, ContainerInfo, Inventory, Stack};
 use crate::mirror::Desired;
 use crate::model::{FailedBuild, Lifetime, PreviewRef, PreviewState, PreviewStatus, Unreadable};
 use crate::slug;
@@ -342,7 +342,7 @@ pub fn statuses(world: &World<'_>, url: impl Fn(&str) -> String) -> Vec<PreviewS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::{ImageInfo, NetworkInfo, VolumeInfo};
+    use crate::engine::{ImageInfo, NetworkInfo, VolumeInfo};
     use std::net::SocketAddr;
 
     const OLD: &str = "1111111111111111111111111111111111111111";
