@@ -323,7 +323,8 @@ impl Env {
         });
     }
 
-    fn try_ls(&self) -> Option<Vec<Value>> {
+    /// `previewd ls --json`, parsed; `None` while the daemon does not answer.
+    pub fn try_ls(&self) -> Option<Vec<Value>> {
         let out = run(Command::new(&self.binary)
             .args(["ls", "--json", "--state-dir"])
             .arg(&self.state));
