@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RunArgs};
 use crate::model::PreviewStatus;
-use crate::{control, daemon, hook, standalone};
+use crate::{check_spec, control, daemon, hook, standalone};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,6 +49,16 @@ enum Command {
     /// Run only the TLS reverse proxy, routes from flags and an admin socket (no git, no
     /// Docker); `previewd proxy route` changes the routes of a running one
     Proxy(Box<standalone::ProxyCommand>),
+    /// Check a compose file and its x-previewd block against the host's policy: every error
+    /// with its key path, line and column; exit 1 when there is any
+    CheckSpec {
+        /// The compose file, or a directory to look in for compose.yaml, compose.yml,
+        /// docker-compose.yaml or docker-compose.yml [default: .]
+        path: Option<PathBuf>,
+        /// The host's config file, for its [policy] (default: previewd's safe defaults)
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Check settings without running anything
     Config {
         #[command(subcommand)]
@@ -85,6 +95,8 @@ pub fn main() -> ExitCode {
     let command = match Cli::parse().command {
         // It sizes its own runtime.
         Command::Proxy(command) => return standalone::main(*command),
+        // Pure: no runtime needed.
+        Command::CheckSpec { path, config } => return check_spec::main(path, config),
         command => command,
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -151,7 +163,9 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Proxy(_) => unreachable!("handled before the runtime starts"),
+        Command::Proxy(_) | Command::CheckSpec { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Hook {
             hook: HookCommand::PostReceive { state_dir },
         } => {

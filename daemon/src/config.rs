@@ -13,6 +13,7 @@ use previewd_proxy::Limits;
 
 use crate::health::HealthCheck;
 use crate::merged::MergedRule;
+use crate::spec::HostPolicy;
 
 /// Flags of `previewd run`. Every one of them can also be set in the `--config` file.
 #[derive(Debug, Default, Args)]
@@ -86,6 +87,15 @@ struct FileConfig {
     health: Option<FileHealth>,
     proxy: Option<FileProxy>,
     tls: Option<FileTls>,
+    policy: Option<FilePolicy>,
+}
+
+/// The `[policy]` table: what a repository's compose file may ask for beyond the defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePolicy {
+    /// Capabilities a service may add with `cap_add`, e.g. `["NET_BIND_SERVICE"]`.
+    allowed_capabilities: Option<Vec<String>>,
 }
 
 /// The `[health]` table: when a new version may take traffic.
@@ -175,6 +185,8 @@ pub struct Config {
     pub proxy: Limits,
     /// Where the served certificate comes from.
     pub tls: TlsMode,
+    /// What a branch's compose file may ask for.
+    pub policy: HostPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +225,8 @@ pub enum ConfigError {
     AcmeChallenge(String),
     #[error("invalid {0}")]
     Tls(&'static str),
+    #[error("invalid [policy] allowed_capabilities entry {0:?}: expected a capability name such as NET_BIND_SERVICE")]
+    Capability(String),
 }
 
 impl Config {
@@ -261,6 +275,7 @@ impl Config {
             health: health(file.health.unwrap_or_default())?,
             proxy: proxy_limits(file.proxy.unwrap_or_default())?,
             tls: tls(file.tls.unwrap_or_default())?,
+            policy: policy(file.policy.unwrap_or_default())?,
             keep_logs: days_to_duration(pick(&args.keep_logs_days, file.keep_logs_days, || 14)),
             mass_removal_threshold: pick(
                 &args.mass_removal_threshold,
@@ -292,6 +307,22 @@ impl Config {
 /// Where the control socket of the daemon using `state_dir` lives.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("previewd.sock")
+}
+
+fn policy(file: FilePolicy) -> Result<HostPolicy, ConfigError> {
+    let mut allowed_capabilities = std::collections::BTreeSet::new();
+    for name in file.allowed_capabilities.unwrap_or_default() {
+        let upper = name.to_ascii_uppercase();
+        let cap = upper.strip_prefix("CAP_").unwrap_or(&upper);
+        let valid = !cap.is_empty() && cap.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+        if !valid {
+            return Err(ConfigError::Capability(name));
+        }
+        allowed_capabilities.insert(cap.to_owned());
+    }
+    Ok(HostPolicy {
+        allowed_capabilities,
+    })
 }
 
 fn health(file: FileHealth) -> Result<HealthCheck, ConfigError> {
@@ -565,6 +596,29 @@ mod tests {
             source: Box::new(source),
         })?;
         Config::merge(&RunArgs::default(), file)
+    }
+
+    #[test]
+    fn the_compose_policy_names_capabilities() {
+        let c = from_toml("[policy]\nallowed_capabilities = [\"cap_net_admin\", \"SYS_TIME\"]\n")
+            .unwrap();
+        let names: Vec<&str> = c
+            .policy
+            .allowed_capabilities
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(names, ["NET_ADMIN", "SYS_TIME"]);
+        assert!(from_toml("")
+            .unwrap()
+            .policy
+            .allowed_capabilities
+            .is_empty());
+        let error = from_toml("[policy]\nallowed_capabilities = [\"ALL; rm\"]\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid [policy] allowed_capabilities entry \"ALL; rm\": expected a capability name such as NET_BIND_SERVICE"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! resync all run the same pass of [`reconcile`] — read git ([`mirror`]), read Docker
 //! ([`docker`]), plan, apply — and publish a new route table to the embedded proxy.
 
+mod check_spec;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -22,6 +23,7 @@ pub mod reconcile;
 mod route_admin;
 mod sd_notify;
 pub mod slug;
+pub mod spec;
 mod standalone;
 mod state;
 #[cfg(test)]
