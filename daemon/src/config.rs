@@ -13,6 +13,7 @@ use previewd_proxy::Limits;
 
 use crate::health::HealthCheck;
 use crate::merged::MergedRule;
+use crate::model::{BuildLimits, ContainerLimits};
 use crate::spec::HostPolicy;
 
 /// Flags of `previewd run`. Every one of them can also be set in the `--config` file.
@@ -88,6 +89,19 @@ struct FileConfig {
     proxy: Option<FileProxy>,
     tls: Option<FileTls>,
     policy: Option<FilePolicy>,
+    limits: Option<FileLimits>,
+}
+
+/// The `[limits]` table: what each container and each build of a preview may use.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    memory: Option<String>,
+    cpus: Option<f64>,
+    pids: Option<i64>,
+    build_memory: Option<String>,
+    build_cpus: Option<f64>,
+    build_timeout_s: Option<u64>,
 }
 
 /// The `[policy]` table: what a repository's compose file may ask for beyond the defaults.
@@ -187,6 +201,10 @@ pub struct Config {
     pub tls: TlsMode,
     /// What a branch's compose file may ask for.
     pub policy: HostPolicy,
+    /// What each preview container may use.
+    pub container_limits: ContainerLimits,
+    /// What each build may use, and for how long.
+    pub build_limits: BuildLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +243,8 @@ pub enum ConfigError {
     AcmeChallenge(String),
     #[error("invalid {0}")]
     Tls(&'static str),
+    #[error("invalid [limits] {0}")]
+    Limits(String),
     #[error("invalid [policy] allowed_capabilities entry {0:?}: expected a capability name such as NET_BIND_SERVICE")]
     Capability(String),
 }
@@ -276,6 +296,8 @@ impl Config {
             proxy: proxy_limits(file.proxy.unwrap_or_default())?,
             tls: tls(file.tls.unwrap_or_default())?,
             policy: policy(file.policy.unwrap_or_default())?,
+            container_limits: container_limits(file.limits.as_ref())?,
+            build_limits: build_limits(file.limits.as_ref())?,
             keep_logs: days_to_duration(pick(&args.keep_logs_days, file.keep_logs_days, || 14)),
             mass_removal_threshold: pick(
                 &args.mass_removal_threshold,
@@ -307,6 +329,71 @@ impl Config {
 /// Where the control socket of the daemon using `state_dir` lives.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("previewd.sock")
+}
+
+/// Docker refuses less memory than this for a container.
+const MIN_MEMORY: u64 = 6 << 20;
+
+fn memory(text: Option<&str>, key: &str, default: u64) -> Result<u64, ConfigError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let bytes = crate::spec::units::bytes(text)
+        .map_err(|why| ConfigError::Limits(format!("{key}: {why}")))?;
+    if bytes < MIN_MEMORY {
+        return Err(ConfigError::Limits(format!("{key}: at least 6m")));
+    }
+    Ok(bytes)
+}
+
+/// CPUs as the engine counts them, in billionths.
+fn nano_cpus(value: Option<f64>, key: &str) -> Result<i64, ConfigError> {
+    match value {
+        None => Ok(1_000_000_000),
+        Some(cpus) if (0.01..=1024.0).contains(&cpus) => Ok((cpus * 1e9).round() as i64),
+        Some(_) => Err(ConfigError::Limits(format!(
+            "{key}: from 0.01 to 1024 CPUs"
+        ))),
+    }
+}
+
+fn container_limits(file: Option<&FileLimits>) -> Result<ContainerLimits, ConfigError> {
+    let pids = match file.and_then(|f| f.pids) {
+        None => 512,
+        Some(pids) if pids >= 16 => pids,
+        Some(_) => return Err(ConfigError::Limits("pids: at least 16".into())),
+    };
+    Ok(ContainerLimits {
+        memory: memory(file.and_then(|f| f.memory.as_deref()), "memory", 1 << 30)?,
+        nano_cpus: nano_cpus(file.and_then(|f| f.cpus), "cpus")?,
+        pids,
+    })
+}
+
+fn build_limits(file: Option<&FileLimits>) -> Result<BuildLimits, ConfigError> {
+    let memory = memory(
+        file.and_then(|f| f.build_memory.as_deref()),
+        "build_memory",
+        2000 << 20,
+    )?;
+    // The engine API client takes a build's memory as a 32-bit count of bytes.
+    if memory > i32::MAX as u64 {
+        return Err(ConfigError::Limits("build_memory: at most 2047m".into()));
+    }
+    let timeout = match file.and_then(|f| f.build_timeout_s) {
+        None => Duration::from_secs(900),
+        Some(s @ 1..=86_400) => Duration::from_secs(s),
+        Some(_) => {
+            return Err(ConfigError::Limits(
+                "build_timeout_s: from 1 to 86400".into(),
+            ))
+        }
+    };
+    Ok(BuildLimits {
+        memory,
+        nano_cpus: nano_cpus(file.and_then(|f| f.build_cpus), "build_cpus")?,
+        timeout,
+    })
 }
 
 fn policy(file: FilePolicy) -> Result<HostPolicy, ConfigError> {
@@ -599,6 +686,48 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_safe_defaults_and_clear_errors() {
+        let c = from_toml("").unwrap();
+        assert_eq!(
+            c.container_limits,
+            ContainerLimits {
+                memory: 1 << 30,
+                nano_cpus: 1_000_000_000,
+                pids: 512
+            }
+        );
+        assert_eq!(c.build_limits.memory, 2000 << 20);
+        assert_eq!(c.build_limits.timeout, Duration::from_secs(900));
+        let c =
+            from_toml("[limits]\nmemory = \"256m\"\ncpus = 0.5\npids = 64\nbuild_timeout_s = 30\n")
+                .unwrap();
+        assert_eq!(c.container_limits.memory, 256 << 20);
+        assert_eq!(c.container_limits.nano_cpus, 500_000_000);
+        assert_eq!(c.container_limits.pids, 64);
+        assert_eq!(c.build_limits.timeout, Duration::from_secs(30));
+        for (text, expect) in [
+            (
+                "memory = \"lots\"",
+                "invalid [limits] memory: \"lots\" is not a size: expected e.g. 512m or 2g",
+            ),
+            ("memory = \"1m\"", "invalid [limits] memory: at least 6m"),
+            ("cpus = 0", "invalid [limits] cpus: from 0.01 to 1024 CPUs"),
+            ("pids = 2", "invalid [limits] pids: at least 16"),
+            (
+                "build_memory = \"4g\"",
+                "invalid [limits] build_memory: at most 2047m",
+            ),
+            (
+                "build_timeout_s = 0",
+                "invalid [limits] build_timeout_s: from 1 to 86400",
+            ),
+        ] {
+            let error = from_toml(&format!("[limits]\n{text}\n")).unwrap_err();
+            assert_eq!(error.to_string(), expect, "{text}");
+        }
+    }
+
+    #[test]
     fn the_compose_policy_names_capabilities() {
         let c = from_toml("[policy]\nallowed_capabilities = [\"cap_net_admin\", \"SYS_TIME\"]\n")
             .unwrap();
@@ -743,6 +872,9 @@ mod tests {
         assert_eq!(c.domain, defaults.domain);
         assert_eq!(c.build_concurrency, defaults.build_concurrency);
         assert_eq!(c.merged, defaults.merged);
+        assert_eq!(c.container_limits, defaults.container_limits);
+        assert_eq!(c.build_limits, defaults.build_limits);
+        assert_eq!(c.policy, defaults.policy);
         assert_eq!(c.keep_logs, defaults.keep_logs);
     }
 

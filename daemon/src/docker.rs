@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::engine::{ContainerInfo, Engine, ImageInfo, Inventory, NetworkInfo, VolumeInfo};
-use crate::model::{Lifetime, PreviewRef, APP_SERVICE};
+use crate::model::{BuildLimits, ContainerLimits, Lifetime, PreviewRef, APP_SERVICE};
 
 pub const LABEL_INSTANCE: &str = "previewd.instance";
 pub const LABEL_BRANCH: &str = "previewd.branch";
@@ -46,6 +46,10 @@ pub const ROLE_BUILD_LAYER: &str = "build-layer";
 pub const LABEL_PORT: &str = "previewd.port";
 /// The git tree an image was built from: a commit with the same tree reuses the image.
 pub const LABEL_TREE: &str = "previewd.tree";
+
+/// The CPU scheduler period a build's quota is a share of, in microseconds (the kernel's
+/// default).
+const CPU_PERIOD_US: i64 = 100_000;
 
 /// Longest any one Docker API call may take, builds excepted: a frozen engine must fail calls,
 /// not pile up work behind them.
@@ -435,12 +439,21 @@ impl Engine for Runtime {
         &self,
         preview: &PreviewRef,
         context: Vec<u8>,
+        limits: &BuildLimits,
         log: &mut tokio::fs::File,
     ) -> Result<(), DockerError> {
+        // The classic builder limits each step's container: memory (swap included) and a CPU
+        // quota per scheduler period.
+        let memory = i32::try_from(limits.memory).unwrap_or(i32::MAX);
+        let quota = limits.nano_cpus.saturating_mul(CPU_PERIOD_US) / 1_000_000_000;
         let options = BuildImageOptionsBuilder::new()
             .t(&self.image_tag(preview))
             .rm(true)
             .forcerm(true)
+            .memory(memory)
+            .memswap(memory)
+            .cpuperiod(CPU_PERIOD_US as i32)
+            .cpuquota(i32::try_from(quota.max(1_000)).unwrap_or(i32::MAX))
             .build();
         let mut stream = self.docker.build_image(
             options,
@@ -504,6 +517,7 @@ impl Engine for Runtime {
         preview: &PreviewRef,
         port: u16,
         env: Vec<String>,
+        limits: &ContainerLimits,
     ) -> Result<ContainerInfo, DockerError> {
         let name = self.container_name(preview);
         let network = self.network_name(&preview.slug);
@@ -522,6 +536,13 @@ impl Engine for Runtime {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
                 }),
+                // A branch's leak or fork bomb stops at its own container.
+                memory: Some(i64::try_from(limits.memory).unwrap_or(i64::MAX)),
+                memory_swap: Some(i64::try_from(limits.memory).unwrap_or(i64::MAX)),
+                nano_cpus: Some(limits.nano_cpus),
+                pids_limit: Some(limits.pids),
+                // setuid binaries in a branch's image cannot raise a process's privileges.
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
                 ..Default::default()
             }),
             ..Default::default()

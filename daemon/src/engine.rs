@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use crate::docker::DockerError;
-use crate::model::{Lifetime, PreviewRef};
+use crate::model::{BuildLimits, ContainerLimits, Lifetime, PreviewRef};
 
 #[cfg(test)]
 pub mod fake;
@@ -56,12 +56,13 @@ pub trait Engine: Clone + Send + Sync + 'static {
     fn image_labels(&self, preview: &PreviewRef, tree: &str) -> Vec<(String, String)>;
 
     /// Builds `context` (a tar whose Dockerfile already carries the labels) into the preview's
-    /// image, appending the build output to `log`. A build that fails is
-    /// [`DockerError::Build`].
+    /// image within `limits` (memory and CPUs of each step; the caller keeps the time),
+    /// appending the build output to `log`. A build that fails is [`DockerError::Build`].
     fn build(
         &self,
         preview: &PreviewRef,
         context: Vec<u8>,
+        limits: &BuildLimits,
         log: &mut tokio::fs::File,
     ) -> impl Future<Output = Result<(), DockerError>> + Send;
 
@@ -71,13 +72,15 @@ pub trait Engine: Clone + Send + Sync + 'static {
         preview: &PreviewRef,
     ) -> impl Future<Output = Result<u16, DockerError>> + Send;
 
-    /// Creates and starts the preview's web container on its network, with `env`. No
-    /// upstream in the answer means it stopped before it got an address.
+    /// Creates and starts the preview's web container on its network, with `env`, within
+    /// `limits` and without a way to gain privileges. No upstream in the answer means it
+    /// stopped before it got an address.
     fn run(
         &self,
         preview: &PreviewRef,
         port: u16,
         env: Vec<String>,
+        limits: &ContainerLimits,
     ) -> impl Future<Output = Result<ContainerInfo, DockerError>> + Send;
 
     fn start_container(&self, id: &str) -> impl Future<Output = Result<(), DockerError>> + Send;

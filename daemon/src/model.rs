@@ -103,3 +103,26 @@ impl Lifetime {
         }
     }
 }
+
+/// What one container of a preview may use, set by the host: a fork bomb or a leak in a
+/// branch stops at its own container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerLimits {
+    /// Bytes of memory, swap included.
+    pub memory: u64,
+    /// CPUs in billionths, as the engine counts them.
+    pub nano_cpus: i64,
+    /// Processes and threads.
+    pub pids: i64,
+}
+
+/// What one build may use, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildLimits {
+    /// Bytes of memory for each build step's container, swap included.
+    pub memory: u64,
+    /// CPUs in billionths.
+    pub nano_cpus: i64,
+    /// A build still running after this fails, and says so.
+    pub timeout: std::time::Duration,
+}

@@ -19,7 +19,7 @@ use super::{ContainerInfo, Engine, ImageInfo, Inventory, NetworkInfo, VolumeInfo
 use crate::docker::{
     DockerError, LABEL_BRANCH, LABEL_INSTANCE, LABEL_ROLE, LABEL_SLUG, LABEL_TREE, ROLE_BUILD_LAYER,
 };
-use crate::model::{Lifetime, PreviewRef, APP_SERVICE};
+use crate::model::{BuildLimits, ContainerLimits, Lifetime, PreviewRef, APP_SERVICE};
 
 #[derive(Clone)]
 pub struct FakeEngine {
@@ -343,6 +343,7 @@ impl Engine for FakeEngine {
         &self,
         preview: &PreviewRef,
         context: Vec<u8>,
+        _limits: &BuildLimits,
         log: &mut tokio::fs::File,
     ) -> Result<(), DockerError> {
         self.up("build image")?;
@@ -406,6 +407,7 @@ impl Engine for FakeEngine {
         preview: &PreviewRef,
         _port: u16,
         _env: Vec<String>,
+        _limits: &ContainerLimits,
     ) -> Result<ContainerInfo, DockerError> {
         self.up("create container")?;
         let name = format!(

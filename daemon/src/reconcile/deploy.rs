@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
@@ -13,7 +14,7 @@ use super::Report;
 use crate::docker::{self, DockerError};
 use crate::engine::Engine;
 use crate::health::HealthCheck;
-use crate::model::PreviewRef;
+use crate::model::{BuildLimits, ContainerLimits, PreviewRef};
 use crate::{mirror, state};
 
 /// Lines of build or container log shown on a failure page.
@@ -31,6 +32,8 @@ pub struct DeployContext<E> {
     pub builds: Arc<Semaphore>,
     /// When a new container may take traffic.
     pub health: HealthCheck,
+    pub container_limits: ContainerLimits,
+    pub build_limits: BuildLimits,
     /// Where the deploy says it waits for, or got, a build slot (and the caller, its end).
     pub reports: mpsc::UnboundedSender<Report>,
 }
@@ -99,7 +102,10 @@ pub async fn deploy<E: Engine>(
         format!("PREVIEW_SLUG={}", preview.slug),
         format!("PREVIEW_URL={}", ctx.url),
     ];
-    let container = ctx.runtime.run(preview, port, env).await?;
+    let container = ctx
+        .runtime
+        .run(preview, port, env, &ctx.container_limits)
+        .await?;
     let ready = match container.upstream {
         Some(upstream) => wait_ready(ctx, &container.id, upstream).await,
         None => Err("the container stopped before it got an address".to_owned()),
@@ -180,7 +186,26 @@ async fn build<E: Engine>(
     let mut log = open_log
         .await
         .map_err(|e| fail(format!("cannot open build log {}: {e}", log_path.display())))?;
-    match ctx.runtime.build(preview, context, &mut log).await {
+    let limits = ctx.build_limits;
+    let built = tokio::time::timeout(
+        limits.timeout,
+        ctx.runtime.build(preview, context, &limits, &mut log),
+    )
+    .await;
+    // Dropping the build's stream makes the engine stop it.
+    let Ok(built) = built else {
+        let line = format!(
+            "\nbuild stopped: it ran longer than the host's limit of {} s ([limits] build_timeout_s)\n",
+            limits.timeout.as_secs()
+        );
+        let _ = log.write_all(line.as_bytes()).await;
+        let _ = log.flush().await;
+        let text = tokio::fs::read_to_string(&log_path)
+            .await
+            .unwrap_or_default();
+        return Err(fail(state::tail(&text, LOG_TAIL_LINES)));
+    };
+    match built {
         Ok(()) => Ok(()),
         Err(DockerError::Build(_)) => {
             let text = tokio::fs::read_to_string(&log_path)

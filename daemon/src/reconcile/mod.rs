@@ -533,6 +533,8 @@ impl<E: Engine> Reconciler<E> {
             url: self.config.preview_url(&preview.slug),
             builds: self.builds.clone(),
             health: self.config.health.clone(),
+            container_limits: self.config.container_limits,
+            build_limits: self.config.build_limits,
             reports: self.reports_tx.clone(),
         };
         let task_preview = preview.clone();

@@ -6,7 +6,7 @@
 pub mod compose;
 mod interpolate;
 pub mod policy;
-mod units;
+pub(crate) mod units;
 pub mod yaml;
 
 use std::collections::BTreeMap;
