@@ -15,6 +15,7 @@ use crate::health::HealthCheck;
 use crate::merged::MergedRule;
 use crate::model::{BuildLimits, ContainerLimits};
 use crate::spec::HostPolicy;
+use crate::subnet_pool::{Ipv4Net, SubnetPool};
 
 /// Flags of `previewd run`. Every one of them can also be set in the `--config` file.
 #[derive(Debug, Default, Args)]
@@ -90,6 +91,15 @@ struct FileConfig {
     tls: Option<FileTls>,
     policy: Option<FilePolicy>,
     limits: Option<FileLimits>,
+    network: Option<FileNetwork>,
+}
+
+/// The `[network]` table: where preview networks get their subnets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNetwork {
+    pool: Option<String>,
+    subnet_size: Option<u8>,
 }
 
 /// The `[limits]` table: what each container and each build of a preview may use.
@@ -205,6 +215,8 @@ pub struct Config {
     pub container_limits: ContainerLimits,
     /// What each build may use, and for how long.
     pub build_limits: BuildLimits,
+    /// The subnets preview networks take.
+    pub network_pool: SubnetPool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +255,8 @@ pub enum ConfigError {
     AcmeChallenge(String),
     #[error("invalid {0}")]
     Tls(&'static str),
+    #[error("invalid [network] {0}")]
+    Network(String),
     #[error("invalid [limits] {0}")]
     Limits(String),
     #[error("invalid [policy] allowed_capabilities entry {0:?}: expected a capability name such as NET_BIND_SERVICE")]
@@ -298,6 +312,7 @@ impl Config {
             policy: policy(file.policy.unwrap_or_default())?,
             container_limits: container_limits(file.limits.as_ref())?,
             build_limits: build_limits(file.limits.as_ref())?,
+            network_pool: network_pool(file.network.unwrap_or_default())?,
             keep_logs: days_to_duration(pick(&args.keep_logs_days, file.keep_logs_days, || 14)),
             mass_removal_threshold: pick(
                 &args.mass_removal_threshold,
@@ -329,6 +344,16 @@ impl Config {
 /// Where the control socket of the daemon using `state_dir` lives.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("previewd.sock")
+}
+
+fn network_pool(file: FileNetwork) -> Result<SubnetPool, ConfigError> {
+    let range: Ipv4Net = file
+        .pool
+        .as_deref()
+        .unwrap_or("10.210.0.0/16")
+        .parse()
+        .map_err(|why| ConfigError::Network(format!("pool: {why}")))?;
+    SubnetPool::new(range, file.subnet_size.unwrap_or(26)).map_err(ConfigError::Network)
 }
 
 /// Docker refuses less memory than this for a container.
@@ -686,6 +711,25 @@ mod tests {
     }
 
     #[test]
+    fn preview_networks_come_from_a_pool_of_small_subnets() {
+        let c = from_toml("").unwrap();
+        assert_eq!(
+            c.network_pool.to_string(),
+            "10.210.0.0/16 (/26 each, 1024 in all)"
+        );
+        let c = from_toml("[network]\npool = \"172.30.0.0/20\"\nsubnet_size = 28\n").unwrap();
+        assert_eq!(c.network_pool.capacity(), 256);
+        for (text, expect) in [
+            ("pool = \"10.0.0.1/16\"", "invalid [network] pool: \"10.0.0.1/16\" has host bits set: the network is 10.0.0.0/16"),
+            ("pool = \"fd00::/64\"", "invalid [network] pool: \"fd00::/64\" is not an IPv4 network such as 10.210.0.0/16"),
+            ("subnet_size = 30", "invalid [network] subnet_size 30: from the pool's own prefix (16) to 29"),
+        ] {
+            let error = from_toml(&format!("[network]\n{text}\n")).unwrap_err();
+            assert_eq!(error.to_string(), expect, "{text}");
+        }
+    }
+
+    #[test]
     fn limits_have_safe_defaults_and_clear_errors() {
         let c = from_toml("").unwrap();
         assert_eq!(
@@ -875,6 +919,7 @@ mod tests {
         assert_eq!(c.container_limits, defaults.container_limits);
         assert_eq!(c.build_limits, defaults.build_limits);
         assert_eq!(c.policy, defaults.policy);
+        assert_eq!(c.network_pool, defaults.network_pool);
         assert_eq!(c.keep_logs, defaults.keep_logs);
     }
 

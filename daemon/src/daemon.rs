@@ -192,7 +192,8 @@ async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListe
 async fn connect_docker(config: &Config, shutdown: &CancellationToken) -> Option<Runtime> {
     let mut delay = Duration::from_millis(500);
     loop {
-        match Runtime::connect(config.docker_host.as_deref(), &config.instance).await {
+        let (endpoint, pool) = (config.docker_host.as_deref(), config.network_pool);
+        match Runtime::connect(endpoint, &config.instance, pool).await {
             Ok(runtime) => return Some(runtime),
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?delay, "Docker engine not reachable");

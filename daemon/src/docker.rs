@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, Ipam, IpamConfig,
+    NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
@@ -23,6 +23,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::engine::{ContainerInfo, Engine, ImageInfo, Inventory, NetworkInfo, VolumeInfo};
 use crate::model::{BuildLimits, ContainerLimits, Lifetime, PreviewRef, APP_SERVICE};
+use crate::subnet_pool::{Ipv4Net, SubnetPool};
 
 pub const LABEL_INSTANCE: &str = "previewd.instance";
 pub const LABEL_BRANCH: &str = "previewd.branch";
@@ -77,6 +78,8 @@ pub enum DockerError {
     Build(String),
     #[error("the image exposes no TCP port: add an EXPOSE line to the Dockerfile")]
     NoExposedPort,
+    #[error("no free subnet for the preview's network in the pool {pool}: widen [network] pool, or remove previews")]
+    PoolExhausted { pool: String },
 }
 
 fn api(call: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
@@ -109,12 +112,22 @@ async fn call<T>(
 pub struct Runtime {
     docker: Docker,
     instance: String,
+    /// Where preview networks get their subnets.
+    pool: SubnetPool,
 }
+
+/// How many subnets a network creation tries when the engine says each overlaps a network
+/// made meanwhile (another daemon, a concurrent deploy), before it gives up for this pass.
+const SUBNET_TRIES: usize = 8;
 
 impl Runtime {
     /// Connects to `endpoint` (else `$DOCKER_HOST`, else the local socket) and agrees on an API
     /// version with the engine, so older engines (API 1.41) are spoken to in their version.
-    pub async fn connect(endpoint: Option<&str>, instance: &str) -> Result<Self, DockerError> {
+    pub async fn connect(
+        endpoint: Option<&str>,
+        instance: &str,
+        pool: SubnetPool,
+    ) -> Result<Self, DockerError> {
         let shown = endpoint
             .map(str::to_owned)
             .or_else(|| std::env::var("DOCKER_HOST").ok())
@@ -135,6 +148,7 @@ impl Runtime {
         Ok(Runtime {
             docker,
             instance: instance.to_owned(),
+            pool,
         })
     }
 
@@ -181,6 +195,22 @@ impl Runtime {
             labels.insert(LABEL_SERVICE.into(), service.into());
         }
         labels
+    }
+
+    /// The IPv4 subnets of every network on the engine, previewd's or not.
+    async fn taken_subnets(&self) -> Result<Vec<Ipv4Net>, DockerError> {
+        let networks = call(
+            "list networks",
+            self.docker
+                .list_networks(None::<bollard::query_parameters::ListNetworksOptions>),
+        )
+        .await?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| n.ipam?.config)
+            .flatten()
+            .filter_map(|c| c.subnet?.parse().ok())
+            .collect())
     }
 
     fn instance_filter(&self) -> HashMap<String, Vec<String>> {
@@ -349,21 +379,54 @@ impl Engine for Runtime {
         if exists {
             return Ok(());
         }
-        let request = NetworkCreateRequest {
-            name,
-            driver: Some("bridge".into()),
-            labels: Some(self.labels(preview, ROLE_NETWORK, None, Lifetime::Preview)),
-            ..Default::default()
-        };
-        match within("create network", self.docker.create_network(request)).await? {
-            Ok(_) => Ok(()),
-            // Lost a race with another pass that created it: that is what we wanted.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(source) => Err(DockerError::Api {
+        let taken = self.taken_subnets().await?;
+        let seed = preview.slug.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let mut last_overlap = None;
+        for subnet in self.pool.candidates(seed, &taken).take(SUBNET_TRIES) {
+            let request = NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(self.labels(preview, ROLE_NETWORK, None, Lifetime::Preview)),
+                ipam: Some(Ipam {
+                    driver: Some("default".into()),
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(subnet.to_string()),
+                        ..Default::default()
+                    }]),
+                    options: None,
+                }),
+                ..Default::default()
+            };
+            match within("create network", self.docker.create_network(request)).await? {
+                Ok(_) => return Ok(()),
+                // Lost a race with another pass that created it: that is what we wanted.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => return Ok(()),
+                // Taken since we looked: try the next one.
+                Err(source @ bollard::errors::Error::DockerResponseServerError { .. })
+                    if source.to_string().contains("overlaps") =>
+                {
+                    last_overlap = Some(source);
+                }
+                Err(source) => {
+                    return Err(DockerError::Api {
+                        call: "create network",
+                        source,
+                    })
+                }
+            }
+        }
+        match last_overlap {
+            // Contested, not full: a later pass tries again.
+            Some(source) => Err(DockerError::Api {
                 call: "create network",
                 source,
+            }),
+            None => Err(DockerError::PoolExhausted {
+                pool: self.pool.to_string(),
             }),
         }
     }

@@ -26,6 +26,7 @@ pub mod slug;
 pub mod spec;
 mod standalone;
 mod state;
+pub mod subnet_pool;
 #[cfg(test)]
 mod test_git;
 mod watch;

@@ -66,7 +66,11 @@ impl DeployFailure {
 
 impl From<DockerError> for DeployFailure {
     fn from(error: DockerError) -> Self {
-        let transient = !matches!(error, DockerError::Build(_) | DockerError::NoExposedPort);
+        // A full pool is the host's to fix, but the preview must say so, not wait silently.
+        let transient = !matches!(
+            error,
+            DockerError::Build(_) | DockerError::NoExposedPort | DockerError::PoolExhausted { .. }
+        );
         DeployFailure {
             log_tail: error.to_string(),
             transient,
