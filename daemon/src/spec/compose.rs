@@ -213,7 +213,19 @@ struct Draft {
     profiles: Vec<String>,
     /// `depends_on` entries with where they are written.
     depends_pos: BTreeMap<String, Pos>,
+    /// `depends_on` entries with `required: false`: skipped when not in the stack.
+    optional: BTreeSet<String>,
 }
+
+/// A service's `depends_on`, as read.
+struct Dependencies {
+    conditions: BTreeMap<String, Condition>,
+    at: BTreeMap<String, Pos>,
+    optional: BTreeSet<String>,
+}
+
+/// More services than a preview runs; also bounds the depth of the dependency walk.
+const MAX_SERVICES: usize = 100;
 
 impl Checker<'_> {
     fn error(&mut self, path: &str, pos: Pos, message: impl Into<String>) {
@@ -280,11 +292,13 @@ impl Checker<'_> {
     fn texts(&mut self, node: &Node, path: &str, one_is_list: bool) -> Option<Vec<String>> {
         match &node.value {
             Value::Seq(items) => {
-                let mut out = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    out.push(self.text(item, &format!("{path}[{i}]"))?);
-                }
-                Some(out)
+                // Every bad item is reported, not only the first.
+                let texts: Vec<Option<String>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.text(item, &format!("{path}[{i}]")))
+                    .collect();
+                texts.into_iter().collect()
             }
             _ if one_is_list && node.value.scalar_text().is_some() => {
                 self.text(node, path).map(|t| vec![t])
@@ -316,26 +330,43 @@ impl Checker<'_> {
 
     /// `KEY: value` mapping or `["KEY=value", "KEY"]` list (environment, args, labels).
     fn key_values(&mut self, node: &Node, path: &str) -> Option<BTreeMap<String, Option<String>>> {
-        let mut out = BTreeMap::new();
+        self.key_values_at(node, path)
+            .map(|entries| entries.into_iter().map(|(k, v, _)| (k, v)).collect())
+    }
+
+    /// [`Checker::key_values`], each entry with where it is written; bad entries are reported
+    /// and left out.
+    #[allow(clippy::type_complexity)]
+    fn key_values_at(
+        &mut self,
+        node: &Node,
+        path: &str,
+    ) -> Option<Vec<(String, Option<String>, Pos)>> {
+        let mut out = Vec::new();
         match &node.value {
             Value::Map(entries) => {
                 for (key, value) in entries {
                     let here = join(path, &key.name);
                     let text = match value.value {
                         Value::Null => None,
-                        _ => Some(self.text(value, &here)?),
+                        _ => match self.text(value, &here) {
+                            Some(text) => Some(text),
+                            None => continue,
+                        },
                     };
-                    out.insert(key.name.clone(), text);
+                    out.push((key.name.clone(), text, key.pos));
                 }
             }
             Value::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let here = format!("{path}[{i}]");
-                    let entry = self.text(item, &here)?;
-                    match entry.split_once('=') {
-                        Some((k, v)) => out.insert(k.to_owned(), Some(v.to_owned())),
-                        None => out.insert(entry, None),
+                    let Some(entry) = self.text(item, &here) else {
+                        continue;
                     };
+                    match entry.split_once('=') {
+                        Some((k, v)) => out.push((k.to_owned(), Some(v.to_owned()), item.pos)),
+                        None => out.push((entry, None, item.pos)),
+                    }
                 }
             }
             other => {
@@ -403,6 +434,17 @@ impl Checker<'_> {
             self.error("services", services.pos, "no services");
             return None;
         }
+        if service_entries.len() > MAX_SERVICES {
+            self.error(
+                "services",
+                services.pos,
+                format!(
+                    "{} services: a preview runs at most {MAX_SERVICES}",
+                    service_entries.len()
+                ),
+            );
+            return None;
+        }
         let mut drafts = BTreeMap::new();
         for (key, value) in service_entries {
             let path = join("services", &key.name);
@@ -458,10 +500,8 @@ impl Checker<'_> {
                         }
                     }
                     "driver_opts" => self.error(&here, option.pos, "refused: driver options can mount host paths"),
-                    "labels" => {
-                        if let Some(labels) = self.key_values(v, &here) {
-                            self.check_labels(&labels, &here, v.pos);
-                        }
+"labels" => {
+                        self.labels(v, &here);
                     }
                     "name" => self.warn(&here, option.pos, "ignored: previewd names each preview's volumes itself, so previews never share one"),
                     name if name.starts_with("x-") => {}
@@ -504,16 +544,21 @@ impl Checker<'_> {
         }
     }
 
-    fn check_labels(&mut self, labels: &BTreeMap<String, Option<String>>, path: &str, pos: Pos) {
-        for name in labels.keys() {
+    /// Labels, with those under `previewd.` refused where they are written.
+    fn labels(&mut self, node: &Node, path: &str) -> Option<BTreeMap<String, String>> {
+        let entries = self.key_values_at(node, path)?;
+        let mut labels = BTreeMap::new();
+        for (name, value, pos) in entries {
             if name.starts_with("previewd.") {
                 self.error(
-                    &join(path, name),
+                    &join(path, &name),
                     pos,
                     "labels under previewd. are previewd's own: a repository cannot set them",
                 );
             }
+            labels.insert(name, value.unwrap_or_default());
         }
+        Some(labels)
     }
 
     fn service(&mut self, node: &Node, path: &str, volumes: &BTreeSet<String>) -> Option<Draft> {
@@ -540,6 +585,7 @@ impl Checker<'_> {
         };
         let mut profiles = Vec::new();
         let mut depends_pos = BTreeMap::new();
+        let mut optional = BTreeSet::new();
         let errors_before = self.errors.len();
         for (key, value) in entries {
             let here = join(path, &key.name);
@@ -572,9 +618,10 @@ impl Checker<'_> {
                 }
                 "env_file" => spec.env_files = self.env_files(value, &here),
                 "depends_on" => {
-                    if let Some((deps, at)) = self.depends_on(value, &here) {
-                        spec.depends_on = deps;
-                        depends_pos = at;
+                    if let Some(deps) = self.depends_on(value, &here) {
+                        spec.depends_on = deps.conditions;
+                        depends_pos = deps.at;
+                        optional = deps.optional;
                     }
                 }
                 "healthcheck" => spec.healthcheck = self.healthcheck(value, &here),
@@ -596,20 +643,16 @@ impl Checker<'_> {
                 "volumes" => self.mounts(value, &here, volumes, &mut spec.mounts),
                 "working_dir" => spec.working_dir = self.text(value, &here),
                 "user" => spec.user = self.text(value, &here),
-                "labels" => {
-                    if let Some(labels) = self.key_values(value, &here) {
-                        self.check_labels(&labels, &here, value.pos);
-                        spec.labels = labels
-                            .into_iter()
-                            .map(|(k, v)| (k, v.unwrap_or_default()))
-                            .collect();
-                    }
-                }
+                "labels" => spec.labels = self.labels(value, &here).unwrap_or_default(),
                 "profiles" => profiles = self.texts(value, &here, false).unwrap_or_default(),
                 "tmpfs" => {
                     for target in self.texts(value, &here, true).unwrap_or_default() {
                         let target = target.split(':').next().unwrap_or("").to_owned();
-                        spec.mounts.push(Mount::Tmpfs { target });
+                        if target.starts_with('/') {
+                            spec.mounts.push(Mount::Tmpfs { target });
+                        } else {
+                            self.error(&here, value.pos, format!("tmpfs target {target:?} is not an absolute path in the container"));
+                        }
                     }
                 }
                 "init" => spec.init = self.boolean(value, &here).unwrap_or(false),
@@ -657,6 +700,7 @@ impl Checker<'_> {
             pos: node.pos,
             profiles,
             depends_pos,
+            optional,
         })
     }
 
@@ -668,6 +712,7 @@ impl Checker<'_> {
             target: None,
         };
         let mut context_pos = node.pos;
+        let mut dockerfile_pos = node.pos;
         match &node.value {
             Value::Map(entries) => {
                 for (key, value) in entries {
@@ -677,7 +722,10 @@ impl Checker<'_> {
                             context_pos = value.pos;
                             spec.context = self.text(value, &here)?;
                         }
-                        "dockerfile" => spec.dockerfile = self.text(value, &here)?,
+                        "dockerfile" => {
+                            dockerfile_pos = value.pos;
+                            spec.dockerfile = self.text(value, &here)?;
+                        }
                         "args" => {
                             spec.args = self
                                 .key_values(value, &here)?
@@ -751,17 +799,20 @@ impl Checker<'_> {
             );
             return None;
         }
-        let dockerfile = match tree_path(&join_path(&context, &spec.dockerfile)) {
+        // Checked on its own first: an absolute path is a host path, not one under the context.
+        let dockerfile = match tree_path(&spec.dockerfile)
+            .and_then(|_| tree_path(&join_path(&context, &spec.dockerfile)))
+        {
             Ok(p) => p,
             Err(why) => {
-                self.error(&join(path, "dockerfile"), node.pos, why);
+                self.error(&join(path, "dockerfile"), dockerfile_pos, why);
                 return None;
             }
         };
         if !self.files.is_file(&dockerfile) {
             self.error(
                 &join(path, "dockerfile"),
-                node.pos,
+                dockerfile_pos,
                 format!("no file {dockerfile:?} in the tree"),
             );
         }
@@ -813,17 +864,16 @@ impl Checker<'_> {
     }
 
     #[allow(clippy::type_complexity)]
-    fn depends_on(
-        &mut self,
-        node: &Node,
-        path: &str,
-    ) -> Option<(BTreeMap<String, Condition>, BTreeMap<String, Pos>)> {
+    fn depends_on(&mut self, node: &Node, path: &str) -> Option<Dependencies> {
         let mut deps = BTreeMap::new();
         let mut at = BTreeMap::new();
+        let mut optional = BTreeSet::new();
         match &node.value {
             Value::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    let name = self.text(item, &format!("{path}[{i}]"))?;
+                    let Some(name) = self.text(item, &format!("{path}[{i}]")) else {
+                        continue;
+                    };
                     at.insert(name.clone(), item.pos);
                     deps.insert(name, Condition::Started);
                 }
@@ -845,8 +895,13 @@ impl Checker<'_> {
                                     Some(other) => self.error(&there, v.pos, format!("unknown condition {other:?}: expected service_started, service_healthy or service_completed_successfully")),
                                     None => {}
                                 },
-                                "restart" | "required" => {
+"restart" => {
                                     self.boolean(v, &there);
+                                }
+                                "required" => {
+                                    if self.boolean(v, &there) == Some(false) {
+                                        optional.insert(key.name.clone());
+                                    }
                                 }
                                 _ => self.unknown_key(&here, option, &["condition", "restart", "required"]),
                             }
@@ -865,7 +920,11 @@ impl Checker<'_> {
                 return None;
             }
         }
-        Some((deps, at))
+        Some(Dependencies {
+            conditions: deps,
+            at,
+            optional,
+        })
     }
 
     fn healthcheck(&mut self, node: &Node, path: &str) -> Option<Healthcheck> {
@@ -1056,7 +1115,18 @@ impl Checker<'_> {
                             "source" => source = self.text(value, &here),
                             "target" => target = self.text(value, &here),
                             "read_only" => read_only = self.boolean(value, &here).unwrap_or(false),
-                            "volume" | "tmpfs" | "consistency" => {}
+                            "consistency" => {}
+                            "volume" | "tmpfs" => {
+                                if let Value::Map(options) = &value.value {
+                                    for (option, _) in options {
+                                        self.error(
+                                            &join(&here, &option.name),
+                                            option.pos,
+                                            "not supported by previewd yet",
+                                        );
+                                    }
+                                }
+                            }
                             "bind" => {
                                 if let Value::Map(options) = &value.value {
                                     for (option, _) in options {
@@ -1112,7 +1182,20 @@ impl Checker<'_> {
                             continue;
                         }
                     };
-                    let read_only = mode.split(',').any(|m| m == "ro");
+                    let mut read_only = false;
+                    for m in mode.split(',').filter(|m| !m.is_empty()) {
+                        match m {
+                            "ro" => read_only = true,
+                            "rw" => {}
+                            other => self.error(
+                                &at,
+                                item.pos,
+                                format!(
+                                    "mount mode {other:?} is not supported by previewd: ro or rw"
+                                ),
+                            ),
+                        }
+                    }
                     let kind = match source {
                         Some(s) if s.starts_with(['.', '/', '~']) => "bind",
                         _ => "volume",
@@ -1363,9 +1446,19 @@ impl Checker<'_> {
             if !active.contains(name) {
                 continue;
             }
+            let mut spec = draft.spec.clone();
             for (dep, condition) in &draft.spec.depends_on {
                 let at = join(&join(&join("services", name), "depends_on"), dep);
                 let pos = draft.depends_pos.get(dep).copied().unwrap_or(draft.pos);
+                if draft.optional.contains(dep) && !active.contains(dep) {
+                    self.warn(
+                        &at,
+                        pos,
+                        format!("optional dependency {dep:?} is not in this stack: skipped"),
+                    );
+                    spec.depends_on.remove(dep);
+                    continue;
+                }
                 match drafts.get(dep) {
                     None => self.error(&at, pos, format!("no service {dep:?} in this file")),
                     Some(_) if !active.contains(dep) => self.error(
@@ -1377,20 +1470,37 @@ impl Checker<'_> {
                     ),
                     Some(target)
                         if *condition == Condition::Healthy
-                            && target.spec.healthcheck.as_ref().is_none_or(|h| {
-                                h.test.is_none() || h.test == Some(HealthTest::Disabled)
-                            }) =>
+                            && target
+                                .spec
+                                .healthcheck
+                                .as_ref()
+                                .and_then(|h| h.test.as_ref())
+                                == Some(&HealthTest::Disabled) =>
                     {
                         self.error(
                             &at,
                             pos,
-                            format!("service_healthy needs a healthcheck on {dep:?}"),
+                            format!("service_healthy waits for {dep:?}, whose healthcheck is disabled: it can never be healthy"),
+                        );
+                    }
+                    Some(target)
+                        if *condition == Condition::Healthy
+                            && target
+                                .spec
+                                .healthcheck
+                                .as_ref()
+                                .is_none_or(|h| h.test.is_none()) =>
+                    {
+                        self.warn(
+                            &at,
+                            pos,
+                            format!("service_healthy waits for {dep:?}, which has no healthcheck test here: its image must define a HEALTHCHECK"),
                         );
                     }
                     Some(_) => {}
                 }
             }
-            services.insert(name.clone(), draft.spec.clone());
+            services.insert(name.clone(), spec);
         }
         let jobs: BTreeSet<String> = services
             .values()
@@ -1451,11 +1561,19 @@ impl Checker<'_> {
                 }
             }
         };
-        let public: Vec<Endpoint> = settings
-            .public
-            .iter()
-            .filter_map(|wanted| self.endpoint_of(wanted, &services))
-            .collect();
+        let mut public = Vec::new();
+        for wanted in &settings.public {
+            // Its URL is `<service>--<slug>.<domain>`: the name must make that one DNS label.
+            if !public_name(&wanted.service) {
+                self.error(
+                    &wanted.path,
+                    wanted.pos,
+                    format!("{:?} cannot be public: its URL needs a service name of at most 30 lowercase letters, digits and single '-' inside", wanted.service),
+                );
+                continue;
+            }
+            public.extend(self.endpoint_of(wanted, &services));
+        }
         Some(StackSpec {
             services,
             volumes,
@@ -1541,6 +1659,16 @@ fn valid_service_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn public_name(name: &str) -> bool {
+    name.len() <= 30
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn join_path(dir: &str, file: &str) -> String {

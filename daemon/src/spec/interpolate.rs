@@ -135,7 +135,9 @@ fn braced(
     } else if operator.is_empty() {
         ("", "")
     } else {
-        let (op, arg) = operator.split_at(1);
+        // The operator's first character, which need not be ASCII in a hostile file.
+        let first = operator.chars().next().map_or(0, char::len_utf8);
+        let (op, arg) = operator.split_at(first);
         match op {
             "-" | "?" | "+" => (op, arg),
             _ => {
@@ -236,6 +238,7 @@ mod tests {
             ("100$ off", "invalid interpolation"),
             ("${1X}", "invalid variable name"),
             ("${SET/x/y}", "invalid interpolation"),
+            ("${SETé}", "invalid interpolation"),
         ];
         for (input, want) in table {
             let error = run(input).unwrap_err();

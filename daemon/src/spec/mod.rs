@@ -53,7 +53,9 @@ impl fmt::Display for Diagnostic {
 }
 
 /// The tree a compose file is in, as far as the file's paths need it. Paths are relative to
-/// the tree's root, normalized, `""` being the root.
+/// the tree's root, normalized, `""` being the root. A path that passes through a symbolic
+/// link, anywhere along it, neither is a file nor a directory: a link in a branch could point
+/// at any host path.
 pub trait TreeFiles {
     fn is_file(&self, path: &str) -> bool;
     fn is_dir(&self, path: &str) -> bool;
@@ -62,13 +64,23 @@ pub trait TreeFiles {
     }
 }
 
-/// A directory on disk as the tree (for `check-spec`). Symbolic links are not followed, as a
-/// commit's tree would deliver them as links, not as what they point at.
+/// A directory on disk as the tree (for `check-spec`).
 pub struct DirFiles(pub PathBuf);
 
 impl DirFiles {
+    /// What is at `path`, looked at one component at a time so that no symbolic link is
+    /// followed on the way.
     fn metadata(&self, path: &str) -> Option<std::fs::Metadata> {
-        std::fs::symlink_metadata(self.0.join(path)).ok()
+        let mut at = self.0.clone();
+        let mut last = std::fs::symlink_metadata(&at).ok()?;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            at.push(part);
+            last = std::fs::symlink_metadata(&at).ok()?;
+            if last.file_type().is_symlink() {
+                return None;
+            }
+        }
+        Some(last)
     }
 }
 
@@ -126,10 +138,16 @@ pub fn dotenv(text: &str) -> BTreeMap<String, String> {
             continue;
         };
         let value = value.trim();
-        let value = if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\''))
-        {
+        // A quoted value ends at its closing quote; a comment may follow.
+        let quoted = |q: char| {
+            let inner = value.strip_prefix(q)?;
+            let end = inner.rfind(q)?;
+            let after = inner[end + 1..].trim();
+            (after.is_empty() || after.starts_with('#')).then(|| &inner[..end])
+        };
+        let value = if let Some(inner) = quoted('\'') {
             inner.to_owned()
-        } else if let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        } else if let Some(inner) = quoted('"') {
             let mut out = String::new();
             let mut chars = inner.chars();
             while let Some(c) = chars.next() {

@@ -366,9 +366,9 @@ fn dependencies_must_exist_not_loop_and_be_checkable() {
         "no service \"dbb\"",
     );
     assert_error(
-        "services:\n  web:\n    image: a\n    expose: [80]\n    depends_on:\n      db:\n        condition: service_healthy\n  db:\n    image: b\n",
+        "services:\n  web:\n    image: a\n    expose: [80]\n    depends_on:\n      db:\n        condition: service_healthy\n  db:\n    image: b\n    healthcheck:\n      disable: true\n",
         "6:7 services.web.depends_on.db",
-        "service_healthy needs a healthcheck",
+        "whose healthcheck is disabled",
     );
     assert_error(
         "services:\n  web:\n    image: a\n    expose: [80]\n    depends_on: [b]\n  b:\n    image: b\n    depends_on: [web]\n",
@@ -460,7 +460,7 @@ fn hostile_files_are_bounded_with_clear_errors() {
 #[test]
 fn dotenv_files() {
     let vars = dotenv(
-        "# comment\nA=1\nexport B=two words\nC='single $x'\nD=\"line\\nnext \\\"q\\\"\"\nE=value # trailing\n\nbroken line\n",
+        "# comment\nA=1\nexport B=two words\nC='single $x' # c\nD=\"line\\nnext \\\"q\\\"\"\nE=value # trailing\n\nbroken line\n",
     );
     assert_eq!(vars["A"], "1");
     assert_eq!(vars["B"], "two words");
@@ -469,3 +469,90 @@ fn dotenv_files() {
     assert_eq!(vars["E"], "value");
     assert_eq!(vars.len(), 5);
 }
+
+#[test]
+fn a_symbolic_link_in_the_tree_is_no_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/", dir.path().join("hostroot")).unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::fs::write(dir.path().join("real/file"), "x").unwrap();
+    let files = DirFiles(dir.path().to_path_buf());
+    assert!(files.is_file("real/file"));
+    assert!(files.is_dir("real"));
+    assert!(!files.is_dir("hostroot"));
+    assert!(!files.is_file("hostroot/etc/hostname"));
+    assert!(!files.is_dir("hostroot/var/run"));
+    let text = "services:\n  web:\n    image: a\n    expose: [80]\n    env_file: hostroot/etc/hostname\n    volumes: [\"./hostroot/etc:/x:ro\"]\n";
+    let checked = check(text, &vars(), &HostPolicy::default(), &files);
+    let found: Vec<String> = checked.errors.iter().map(|d| d.to_string()).collect();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].contains("env_file: no file"), "{found:#?}");
+    assert!(
+        found[1].contains("volumes[0]: no \"hostroot/etc\" in the tree"),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn what_the_review_found_stays_fixed() {
+    // A non-ASCII character after a variable name, and a duration that overflows: errors,
+    // not panics.
+    assert_error(
+        "services:\n  web:\n    image: \"${VARé}\"\n    expose: [80]\n",
+        "3:12 services.web.image",
+        "invalid interpolation",
+    );
+    assert_error(
+        "services:\n  web:\n    image: a\n    expose: [80]\n    stop_grace_period: 10000000000000000000s10000000000000000000s\n",
+        "5:24 services.web.stop_grace_period",
+        "is not a duration",
+    );
+    // A long dependency chain is bounded by the service cap, not by the stack.
+    let mut chain = String::from("services:\n");
+    for i in 0..=MAX_SERVICES_FOR_TEST {
+        chain.push_str(&format!(
+            "  s{i}:\n    image: a\n    depends_on: [s{}]\n",
+            i + 1
+        ));
+    }
+    assert_error(&chain, "2:3 services", "a preview runs at most 100");
+    // Options previewd does not honour are errors, not silent drops.
+    assert_error(
+        "services:\n  web:\n    image: a\n    expose: [80]\n    volumes: [\"data:/d:rshared\"]\nvolumes:\n  data:\n",
+        "5:15 services.web.volumes[0]",
+        "mount mode \"rshared\"",
+    );
+    assert_error(
+        "services:\n  web:\n    image: a\n    expose: [80]\n    volumes:\n      - type: volume\n        source: data\n        target: /d\n        volume:\n          subpath: x\nvolumes:\n  data:\n",
+        "10:11 services.web.volumes[0].volume.subpath",
+        "not supported",
+    );
+    assert_error(
+        "services:\n  web:\n    build:\n      context: ./app\n      dockerfile: /Dockerfile\n    expose: [80]\n",
+        "5:19 services.web.build.dockerfile",
+        "host path",
+    );
+    // Each previewd label is reported where it is written.
+    assert_error(
+        "services:\n  web:\n    image: a\n    expose: [80]\n    labels:\n      ok: yes\n      previewd.slug: other\n",
+        "7:7 services.web.labels.previewd.slug",
+        "previewd's own",
+    );
+    // An optional dependency the stack lacks is skipped; an image's own healthcheck may serve.
+    let text = "services:\n  web:\n    image: a\n    expose: [80]\n    depends_on:\n      extra:\n        condition: service_started\n        required: false\n      db:\n        condition: service_healthy\n  db:\n    image: postgres\n";
+    let checked = run(text);
+    assert_eq!(checked.errors, [], "{:#?}", checked.errors);
+    let deps = &checked.spec.unwrap().services["web"].depends_on;
+    assert_eq!(deps.keys().collect::<Vec<_>>(), ["db"]);
+    assert!(warnings(text)
+        .iter()
+        .any(|w| w.contains("its image must define a HEALTHCHECK")));
+    // A public service's name must make one DNS label of its URL.
+    assert_error(
+        "x-previewd:\n  web: web\n  public: [\"ad.min:80\"]\nservices:\n  web:\n    image: a\n    expose: [80]\n  ad.min:\n    image: b\n    expose: [80]\n",
+        "3:12 x-previewd.public[0]",
+        "cannot be public",
+    );
+}
+
+const MAX_SERVICES_FOR_TEST: usize = 100;

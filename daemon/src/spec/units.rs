@@ -35,7 +35,8 @@ pub fn duration(text: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_end..];
-        total += Duration::try_from_secs_f64(number * scale).map_err(|_| bad())?;
+        let part = Duration::try_from_secs_f64(number * scale).map_err(|_| bad())?;
+        total = total.checked_add(part).ok_or_else(bad)?;
     }
     Ok(total)
 }
@@ -119,7 +120,14 @@ mod tests {
         for (text, want) in table {
             assert_eq!(duration(text), Ok(want), "{text}");
         }
-        for text in ["", "s", "10x", "1m-3s", "abc"] {
+        for text in [
+            "",
+            "s",
+            "10x",
+            "1m-3s",
+            "abc",
+            "10000000000000000000s10000000000000000000s",
+        ] {
             assert!(duration(text).is_err(), "{text}");
         }
     }
