@@ -630,20 +630,12 @@ impl Engine for Runtime {
             .and_then(|mut n| n.remove(&network))
             .and_then(|e| e.ip_address)
             .and_then(|ip| ip.parse::<IpAddr>().ok());
-        Ok(ContainerInfo {
-            id: created.id,
+        Ok(ContainerInfo::started_web(
+            created.id,
             name,
-            branch: preview.branch.clone(),
-            slug: preview.slug.clone(),
-            commit: preview.commit.clone(),
-            service: APP_SERVICE.into(),
-            lifetime: Lifetime::Commit,
-            job: false,
-            web: true,
-            running: ip.is_some(),
-            exit_code: None,
-            upstream: ip.map(|ip| SocketAddr::new(ip, port)),
-        })
+            preview,
+            ip.map(|ip| SocketAddr::new(ip, port)),
+        ))
     }
 
     /// Starts an existing container (a preview that died, or one just created).

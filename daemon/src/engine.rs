@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use crate::docker::DockerError;
-use crate::model::{BuildLimits, ContainerLimits, Lifetime, PreviewRef};
+use crate::model::{BuildLimits, ContainerLimits, Lifetime, PreviewRef, APP_SERVICE};
 
 #[cfg(test)]
 pub mod fake;
@@ -132,6 +132,29 @@ pub struct ContainerInfo {
 }
 
 impl ContainerInfo {
+    /// The web container just started for `preview`: running once it has an upstream.
+    pub fn started_web(
+        id: String,
+        name: String,
+        preview: &PreviewRef,
+        upstream: Option<SocketAddr>,
+    ) -> Self {
+        ContainerInfo {
+            id,
+            name,
+            branch: preview.branch.clone(),
+            slug: preview.slug.clone(),
+            commit: preview.commit.clone(),
+            service: APP_SERVICE.into(),
+            lifetime: Lifetime::Commit,
+            job: false,
+            web: true,
+            running: upstream.is_some(),
+            exit_code: None,
+            upstream,
+        }
+    }
+
     /// A one-off service that ran to success: done, not crashed.
     pub fn job_done(&self) -> bool {
         self.job && !self.running && self.exit_code == Some(0)

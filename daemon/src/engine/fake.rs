@@ -19,7 +19,7 @@ use super::{ContainerInfo, Engine, ImageInfo, Inventory, NetworkInfo, VolumeInfo
 use crate::docker::{
     DockerError, LABEL_BRANCH, LABEL_INSTANCE, LABEL_ROLE, LABEL_SLUG, LABEL_TREE, ROLE_BUILD_LAYER,
 };
-use crate::model::{BuildLimits, ContainerLimits, Lifetime, PreviewRef, APP_SERVICE};
+use crate::model::{BuildLimits, ContainerLimits, Lifetime, PreviewRef};
 
 #[derive(Clone)]
 pub struct FakeEngine {
@@ -423,26 +423,9 @@ impl Engine for FakeEngine {
                 .ok_or_else(|| DockerError::Build("no such image".into()))?
         };
         let (upstream, server) = serve(format!("{} {}", preview.slug, preview.commit)).await;
-        let info = ContainerInfo {
-            id: String::new(),
-            name,
-            branch: preview.branch.clone(),
-            slug: preview.slug.clone(),
-            commit: preview.commit.clone(),
-            service: APP_SERVICE.into(),
-            lifetime: Lifetime::Commit,
-            job: false,
-            web: true,
-            running: true,
-            exit_code: None,
-            upstream: Some(upstream),
-        };
         let mut state = self.state();
         let id = Self::next_id(&mut state, "ctr");
-        let info = ContainerInfo {
-            id: id.clone(),
-            ..info
-        };
+        let info = ContainerInfo::started_web(id.clone(), name, preview, Some(upstream));
         state.containers.insert(
             id,
             Container {

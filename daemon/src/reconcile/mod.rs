@@ -10,6 +10,8 @@ pub mod deploy;
 pub mod expiry;
 pub mod plan;
 pub mod policy;
+#[cfg(test)]
+mod test_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};

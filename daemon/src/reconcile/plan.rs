@@ -343,18 +343,8 @@ pub fn statuses(world: &World<'_>, url: impl Fn(&str) -> String) -> Vec<PreviewS
 mod tests {
     use super::*;
     use crate::engine::{ImageInfo, NetworkInfo, VolumeInfo};
+    use crate::reconcile::test_support::{preview, remove_container, NEW, OLD};
     use std::net::SocketAddr;
-
-    const OLD: &str = "1111111111111111111111111111111111111111";
-    const NEW: &str = "2222222222222222222222222222222222222222";
-
-    fn preview(slug: &str, commit: &str) -> PreviewRef {
-        PreviewRef {
-            branch: format!("branch/{slug}"),
-            slug: slug.into(),
-            commit: commit.into(),
-        }
-    }
 
     fn container(id: &str, slug: &str, commit: &str, running: bool) -> ContainerInfo {
         ContainerInfo {
@@ -398,14 +388,6 @@ mod tests {
             running: false,
             exit_code: Some(exit_code),
             ..service(id, slug, commit, "migrate", Lifetime::Commit)
-        }
-    }
-
-    fn remove_container(slug: &str, id: &str, running: bool) -> Action {
-        Action::RemoveContainer {
-            slug: slug.into(),
-            id: id.into(),
-            running,
         }
     }
 

@@ -311,39 +311,14 @@ impl RetireGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile::test_support::{preview, remove_container, remove_image, NEW, OLD};
     use tokio::time::advance;
-
-    const OLD: &str = "1111111111111111111111111111111111111111";
-    const NEW: &str = "2222222222222222222222222222222222222222";
-
-    fn preview(slug: &str, commit: &str) -> PreviewRef {
-        PreviewRef {
-            branch: format!("branch/{slug}"),
-            slug: slug.into(),
-            commit: commit.into(),
-        }
-    }
 
     fn wanted(previews: &[PreviewRef]) -> BTreeMap<String, PreviewRef> {
         previews
             .iter()
             .map(|p| (p.slug.clone(), p.clone()))
             .collect()
-    }
-
-    fn remove_container(slug: &str, id: &str, running: bool) -> Action {
-        Action::RemoveContainer {
-            slug: slug.into(),
-            id: id.into(),
-            running,
-        }
-    }
-
-    fn remove_image(slug: &str, id: &str) -> Action {
-        Action::RemoveImage {
-            slug: slug.into(),
-            id: id.into(),
-        }
     }
 
     fn retire(slug: &str) -> Action {

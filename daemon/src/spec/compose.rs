@@ -244,15 +244,20 @@ impl Checker<'_> {
         });
     }
 
+    fn mismatch(&mut self, path: &str, node: &Node, expected: &str) {
+        let found = node.value.kind();
+        self.error(
+            path,
+            node.pos,
+            format!("expected {expected}, found {found}"),
+        );
+    }
+
     fn expect_map<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [(Key, Node)]> {
         match &node.value {
             Value::Map(entries) => Some(entries),
-            other => {
-                self.error(
-                    path,
-                    node.pos,
-                    format!("expected a mapping, found {}", other.kind()),
-                );
+            _ => {
+                self.mismatch(path, node, "a mapping");
                 None
             }
         }
@@ -261,11 +266,7 @@ impl Checker<'_> {
     /// A scalar, interpolated.
     fn text(&mut self, node: &Node, path: &str) -> Option<String> {
         let Some(raw) = node.value.scalar_text() else {
-            self.error(
-                path,
-                node.pos,
-                format!("expected a string, found {}", node.value.kind()),
-            );
+            self.mismatch(path, node, "a string");
             return None;
         };
         match interpolate(&raw, self.vars) {
@@ -303,12 +304,8 @@ impl Checker<'_> {
             _ if one_is_list && node.value.scalar_text().is_some() => {
                 self.text(node, path).map(|t| vec![t])
             }
-            other => {
-                self.error(
-                    path,
-                    node.pos,
-                    format!("expected a list, found {}", other.kind()),
-                );
+            _ => {
+                self.mismatch(path, node, "a list");
                 None
             }
         }
@@ -317,12 +314,8 @@ impl Checker<'_> {
     fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
         match &node.value {
             Value::Bool(b) => Some(*b),
-            other => {
-                self.error(
-                    path,
-                    node.pos,
-                    format!("expected true or false, found {}", other.kind()),
-                );
+            _ => {
+                self.mismatch(path, node, "true or false");
                 None
             }
         }
@@ -369,15 +362,8 @@ impl Checker<'_> {
                     }
                 }
             }
-            other => {
-                self.error(
-                    path,
-                    node.pos,
-                    format!(
-                        "expected a mapping or a list of KEY=value, found {}",
-                        other.kind()
-                    ),
-                );
+            _ => {
+                self.mismatch(path, node, "a mapping or a list of KEY=value");
                 return None;
             }
         }
@@ -478,11 +464,7 @@ impl Checker<'_> {
             names.insert(key.name.clone());
             let Value::Map(options) = &value.value else {
                 if value.value != Value::Null {
-                    self.error(
-                        &path,
-                        value.pos,
-                        format!("expected a mapping, found {}", value.value.kind()),
-                    );
+                    self.mismatch(&path, value, "a mapping");
                 }
                 continue;
             };
@@ -911,12 +893,8 @@ impl Checker<'_> {
                     deps.insert(key.name.clone(), condition);
                 }
             }
-            other => {
-                self.error(
-                    path,
-                    node.pos,
-                    format!("expected a list or a mapping, found {}", other.kind()),
-                );
+            _ => {
+                self.mismatch(path, node, "a list or a mapping");
                 return None;
             }
         }
@@ -1362,11 +1340,7 @@ impl Checker<'_> {
                             }
                         }
                     } else {
-                        self.error(
-                            &here,
-                            value.pos,
-                            format!("expected a list, found {}", value.value.kind()),
-                        );
+                        self.mismatch(&here, value, "a list");
                     }
                 }
                 "profiles" => {
