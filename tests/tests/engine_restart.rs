@@ -117,6 +117,12 @@ impl PrivateEngine {
         ip(&["route", "add", &pool, "via", &format!("172.16.{link}.2")]);
     }
 
+    /// The range routed into the namespace, where previewd must put its preview networks (its
+    /// default pool is not routed there).
+    fn pool(&self) -> String {
+        format!("172.16.{}.0/21", self.slice)
+    }
+
     /// The engine's endpoint, for `--docker-host` and `docker -H`.
     fn host(&self) -> String {
         format!("unix://{}", self.dir.join("docker.sock").display())
@@ -315,6 +321,13 @@ fn engine_restart_leaves_previewd_running_and_every_preview_serves_again() {
     let mut engine = PrivateEngine::start();
     let mut env = test_env!("engine-restart");
     env.set_docker_host(&engine.host());
+    let config = env.root.join("previewd.toml");
+    let network = format!(
+        "[network]\npool = \"{}\"\nsubnet_size = 26\n",
+        engine.pool()
+    );
+    std::fs::write(&config, network).unwrap();
+    env.daemon_args(&["--config", config.to_str().unwrap()]);
     env.start();
     env.push(&["main"]);
     env.commit_site("feature/one", "one\n");
