@@ -60,14 +60,11 @@ pub fn main(path: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
+    // A bare file name's parent is "": the current directory.
     let dir = file
         .parent()
+        .filter(|d| !d.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let dir = if dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        dir
-    };
     let checked = spec::check(&text, &variables(&dir), &policy, &DirFiles(dir));
     let shown = file.display();
     for (kind, list) in [("error", &checked.errors), ("warning", &checked.warnings)] {

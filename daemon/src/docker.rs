@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::engine::{ContainerInfo, Engine, ImageInfo, Inventory, NetworkInfo, VolumeInfo};
 use crate::model::{BuildLimits, ContainerLimits, Lifetime, PreviewRef, APP_SERVICE};
-use crate::subnet_pool::{Ipv4Net, SubnetPool};
+use crate::subnet_pool::{seed_of, Ipv4Net, SubnetPool};
 
 pub const LABEL_INSTANCE: &str = "previewd.instance";
 pub const LABEL_BRANCH: &str = "previewd.branch";
@@ -380,10 +380,8 @@ impl Engine for Runtime {
             return Ok(());
         }
         let taken = self.taken_subnets().await?;
-        let seed = preview.slug.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
         let mut last_overlap = None;
+        let seed = seed_of(&preview.slug);
         for subnet in self.pool.candidates(seed, &taken).take(SUBNET_TRIES) {
             let request = NetworkCreateRequest {
                 name: name.clone(),

@@ -105,6 +105,14 @@ impl SubnetPool {
     }
 }
 
+/// Where a preview's search for a subnet starts: a hash of its name (FNV-1a), stable across
+/// passes and restarts.
+pub fn seed_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 impl fmt::Display for SubnetPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -12,17 +12,7 @@ fn subnet_of(env: &Env, slug: &str) -> String {
     let network = env
         .objects("network", &[&format!("previewd.slug={slug}")])
         .remove(0);
-    let out = std::process::Command::new("docker")
-        .args([
-            "network",
-            "inspect",
-            "--format",
-            "{{(index .IPAM.Config 0).Subnet}}",
-            &network,
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    env.inspect(&network, "{{(index .IPAM.Config 0).Subnet}}")
 }
 
 #[test]

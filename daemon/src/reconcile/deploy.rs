@@ -204,21 +204,21 @@ async fn build<E: Engine>(
         );
         let _ = log.write_all(line.as_bytes()).await;
         let _ = log.flush().await;
-        let text = tokio::fs::read_to_string(&log_path)
-            .await
-            .unwrap_or_default();
-        return Err(fail(state::tail(&text, LOG_TAIL_LINES)));
+        return Err(log_tail_failure(&log_path).await);
     };
     match built {
         Ok(()) => Ok(()),
-        Err(DockerError::Build(_)) => {
-            let text = tokio::fs::read_to_string(&log_path)
-                .await
-                .unwrap_or_default();
-            Err(fail(state::tail(&text, LOG_TAIL_LINES)))
-        }
+        Err(DockerError::Build(_)) => Err(log_tail_failure(&log_path).await),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The commit's failure, told by the last lines of its build log.
+async fn log_tail_failure(log_path: &std::path::Path) -> DeployFailure {
+    let text = tokio::fs::read_to_string(log_path)
+        .await
+        .unwrap_or_default();
+    DeployFailure::commit(state::tail(&text, LOG_TAIL_LINES))
 }
 
 /// Polls until the app answers, the container stops, or the start period is over.
